@@ -1,0 +1,204 @@
+"""Experiment config: one flat YAML file, ``key.sub=value`` overrides, strict validation.
+
+What wins is always visible: the file, then the command-line overrides, and the resolved result
+is saved as ``config.yaml`` in the run directory. Errors name the file, the dotted key and what
+was expected; unknown keys get a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from .errors import ConfigError
+from .plugin import Section, TaskPlugin
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(Section):
+    name: Literal["cosine", "step", "constant", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    min_lr_factor: float = Field(0.0, ge=0, le=1)
+    step_epochs: int = Field(30, ge=1)
+    gamma: float = Field(0.1, gt=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1, description="per worker")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    amp: Literal["off", "fp16", "bf16"] = "off"
+    grad_accum_steps: int = Field(1, ge=1)
+    grad_clip_norm: Optional[float] = Field(None, gt=0)
+    eval_every: int = Field(1, ge=1)
+    seed: int = 0
+    loader_workers: int = Field(0, ge=0)
+    progress: bool = True
+
+
+class RayConfig(Section):
+    num_workers: int = Field(2, ge=0, description="0 runs the loop in this process, without Ray")
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = {"CPU": 1.0}
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: int = Field(0, ge=-1)
+    address: Optional[str] = None
+
+
+class OutputConfig(Section):
+    storage_path: str = "runs"
+    name: Optional[str] = None
+
+
+class Config(Section):
+    task: str
+    data: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    loss: dict[str, Any] = {}
+    train: TrainConfig = TrainConfig()
+    ray: RayConfig = RayConfig()
+    output: OutputConfig = OutputConfig()
+
+
+class TaskConfigs(BaseModel):
+    """The plugin-owned sections, validated by the plugin's own models."""
+
+    data: Any
+    model: Any
+    loss: Any
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {p!r} is a {type(child).__name__}, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names available at ``loc`` (a pydantic error location), for did-you-mean."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _describe(err: dict, model: type[BaseModel], prefix: str) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join([prefix] * bool(prefix) + [str(p) for p in loc])
+    if err["type"] == "extra_forbidden":
+        names = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{key}: unknown key{hint}; allowed: {', '.join(names)}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    got = err.get("input")
+    return f"{key}: {err['msg'].lower()} (got {got!r} of type {type(got).__name__})"
+
+
+def validate_section(model: type[BaseModel], raw: Any, source: str, prefix: str = "") -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = _describe(exc.errors()[0], model, prefix)
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {first}{more}") from None
+
+
+def _resolve_paths(section: BaseModel, base: Path) -> None:
+    """Relative paths are relative to where the command runs; workers may run elsewhere."""
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, Path) and not value.is_absolute():
+            setattr(section, name, (base / value).resolve())
+        elif isinstance(value, BaseModel):
+            _resolve_paths(value, base)
+
+
+def load_config(path: Path | str, overrides: list[str] = ()) -> tuple[Config, dict[str, Any]]:
+    """Returns the validated core config and the raw resolved dict (to save and to ship)."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    source = str(path) + (" (with command-line overrides)" if overrides else "")
+    cfg = validate_section(Config, raw, source)
+    return cfg, raw
+
+
+def task_configs(cfg: Config, plugin: TaskPlugin, source: str, base: Path | None = None) -> TaskConfigs:
+    sections = {}
+    for name, model in (("data", plugin.DataConfig), ("model", plugin.ModelConfig), ("loss", plugin.LossConfig)):
+        section = validate_section(model, getattr(cfg, name), source, prefix=name)
+        if base is not None:
+            _resolve_paths(section, base)
+        sections[name] = section
+    return TaskConfigs(**sections)
+
+
+def resolved_dict(cfg: Config, tasks: TaskConfigs) -> dict[str, Any]:
+    out = cfg.model_dump(mode="json")
+    for name in ("data", "model", "loss"):
+        out[name] = getattr(tasks, name).model_dump(mode="json")
+    return out
+
+
+def dump_yaml(data: dict[str, Any], path: Path) -> None:
+    from .fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+A `UserError` is a mistake the user can fix (bad path, bad config value, corrupt file). The CLI
+prints it as one line and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line naming the file and field."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    pass
+
+
+class DataError(UserError):
+    pass
+
+
+class PluginError(UserError):
+    pass
