@@ -28,7 +28,7 @@ class OptimizerConfig(Section):
 
 
 class SchedulerConfig(Section):
-    name: Literal["cosine", "step", "constant", "onecycle"] = "cosine"
+    name: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
     min_lr_factor: float = Field(0.0, ge=0, le=1)
@@ -157,7 +157,9 @@ def validate_section(model: type[BaseModel], raw: Any, source: str, prefix: str 
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        first = _describe(exc.errors()[0], model, prefix)
+        # A typo shows up as an unknown key and a missing one: the unknown key explains both.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = _describe(errors[0], model, prefix)
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{source}: {first}{more}") from None
 

@@ -91,7 +91,8 @@ class TaskPlugin(abc.ABC):
 
     # --- model, loss, prediction -----------------------------------------------------------
     @abc.abstractmethod
-    def build_model(self, model: Any, classes: list[str]) -> torch.nn.Module: ...
+    def build_model(self, model: Any, classes: list[str], data: Any) -> torch.nn.Module:
+        """``data`` is the validated data section, for input size or channels."""
 
     @abc.abstractmethod
     def build_loss(self, loss: Any, classes: list[str]) -> LossFn:

@@ -41,29 +41,30 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     ]
 
 
-def _background(rng: np.random.Generator, size: int) -> Image.Image:
+def _background(rng: np.random.Generator, size: int, noise: float = 12.0, spread: float = 255.0) -> Image.Image:
     """A smooth random gradient with noise, so the model must find edges, not flat colour."""
-    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    a = rng.uniform(0, 255, 3)
+    b = np.clip(a + rng.uniform(-spread, spread, 3), 0, 255)
     t = np.linspace(0, 1, size)[None, :, None]
     if rng.random() < 0.5:
         t = t.transpose(1, 0, 2)
-    img = a * (1 - t) + b * t + rng.normal(0, 12, (size, size, 3))
+    img = a * (1 - t) + b * t + rng.normal(0, noise, (size, size, 3))
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _colour(rng: np.random.Generator, avoid: Image.Image, poly) -> tuple[int, int, int]:
-    """A colour that stands out from the background under the shape (contrast >= 80)."""
+def _colour(rng: np.random.Generator, avoid: Image.Image, poly, contrast: float = 120) -> tuple[int, int, int]:
+    """A colour that stands out from the background under the shape."""
     xs, ys = zip(*poly)
     cx, cy = int(np.clip(np.mean(xs), 0, avoid.width - 1)), int(np.clip(np.mean(ys), 0, avoid.height - 1))
     bg = np.array(avoid.getpixel((cx, cy)), dtype=float)
     for _ in range(20):
         c = rng.uniform(0, 255, 3)
-        if np.abs(c - bg).sum() >= 80 * 3 / 2:
+        if np.abs(c - bg).sum() >= contrast:
             break
     return tuple(int(v) for v in c)
 
 
-def classification(out: Path, num_train: int = 800, num_val: int = 200, size: int = 64, seed: int = 0) -> Path:
+def classification(out: Path, num_train: int = 1600, num_val: int = 400, size: int = 32, seed: int = 0) -> Path:
     out = Path(out)
     rng = np.random.default_rng(seed)
     for split, count in (("train", num_train), ("val", num_val)):
@@ -71,13 +72,13 @@ def classification(out: Path, num_train: int = 800, num_val: int = 200, size: in
             (out / split / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             kind = CLASSES[i % len(CLASSES)]
-            img = _background(rng, size)
-            r = rng.uniform(0.18, 0.42) * size
+            img = _background(rng, size, noise=6.0, spread=60.0)
+            r = rng.uniform(0.22, 0.45) * size
             cx, cy = rng.uniform(r, size - r, 2)
             poly = _polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi))
-            ImageDraw.Draw(img).polygon(poly, fill=_colour(rng, img, poly))
-            if rng.random() < 0.3:
-                img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+            ImageDraw.Draw(img).polygon(poly, fill=_colour(rng, img, poly, contrast=200))
+            if rng.random() < 0.2:
+                img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
             img.save(out / split / kind / f"{split}_{i:05d}.png")
     return out
 

@@ -1,0 +1,53 @@
+"""Image classification: ImageFolder or MNIST IDX data, torchvision models or an MLP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from visionkit.plugin import LossOutput, Section, TaskPlugin
+
+from .data import DataConfig, build_dataset
+from .metric import ClassificationMetric
+from .models import ModelConfig, build_model
+from .visuals import plot_confusion
+
+
+class LossConfig(Section):
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class ClassificationPlugin(TaskPlugin):
+    name = "classification"
+    summary = "image classification (ImageFolder, MNIST IDX; torchvision models, MLP)"
+    DataConfig = DataConfig
+    ModelConfig = ModelConfig
+    LossConfig = LossConfig
+
+    def build_dataset(self, data: DataConfig, split: str):
+        return build_dataset(data, split)
+
+    def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig) -> torch.nn.Module:
+        size = data.image_size or (28 if data.format == "mnist" else 64)
+        return build_model(model, len(classes), data.channels, size)
+
+    def build_loss(self, loss: LossConfig, classes: list[str]):
+        criterion = torch.nn.CrossEntropyLoss(label_smoothing=loss.label_smoothing)
+
+        def compute(model: torch.nn.Module, batch: Any) -> LossOutput:
+            images, labels = batch
+            return LossOutput(criterion(model(images), labels), {})
+
+        return compute
+
+    def predict(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        return model(batch[0])
+
+    def build_metric(self, classes: list[str]) -> ClassificationMetric:
+        return ClassificationMetric(len(classes))
+
+    def write_visuals(self, result: dict[str, Any], classes: list[str], out_dir: Path) -> list[Path]:
+        return [plot_confusion(result["confusion_matrix"], classes, Path(out_dir) / "confusion_matrix.png")]

@@ -1,0 +1,81 @@
+"""Classification models: torchvision architectures by name, and the original example's MLP."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from visionkit.errors import ConfigError
+from visionkit.fileio import load_checkpoint
+from visionkit.plugin import Section
+
+
+class ModelConfig(Section):
+    name: str = "resnet18"
+    weights: Optional[Path] = None  # a local state-dict file; nothing is ever downloaded
+    hidden: list[int] = [256, 128]  # mlp only
+    dropout: float = 0.0  # mlp only
+
+
+class MLP(nn.Module):
+    """784-256-128-10 with ReLU in the original example; sizes follow the data."""
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            in_features = width
+        layers.append(nn.Linear(in_features, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def build_model(cfg: ModelConfig, num_classes: int, channels: int, image_size: int) -> nn.Module:
+    if cfg.name == "mlp":
+        model: nn.Module = MLP(channels * image_size * image_size, cfg.hidden, num_classes, cfg.dropout)
+    else:
+        import torchvision
+
+        names = torchvision_names()
+        if cfg.name not in names:
+            close = difflib.get_close_matches(cfg.name, names + ["mlp"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"model.name: unknown classification model {cfg.name!r}{hint}; "
+                              "use 'mlp' or a torchvision classification model name")
+        model = torchvision.models.get_model(cfg.name, weights=None, num_classes=num_classes)
+        if channels == 1:
+            _first_conv_to_gray(model)
+    if cfg.weights:
+        state = load_checkpoint(cfg.weights)
+        state = state.get("model", state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"model.weights: {cfg.weights} does not fit {cfg.name} with {num_classes} classes: {first}") from None
+    return model
+
+
+def _first_conv_to_gray(model: nn.Module) -> None:
+    """Replace the first 3-channel conv by a 1-channel one, for grayscale inputs."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                setattr(parent, name, nn.Conv2d(1, child.out_channels, child.kernel_size, child.stride,
+                                                child.padding, child.dilation, child.groups, child.bias is not None))
+                return

@@ -1,0 +1,76 @@
+"""The detection plugin's config sections: ``data``, ``model`` and ``loss``.
+
+Paths inside the dataset (image folders, annotation files) are strings relative to ``data.root``
+on purpose: the core resolves ``Path``-typed fields against the working directory, which is
+right for ``root`` and wrong for paths that live under it. An absolute string still wins
+(``root / "/abs/file.json"`` is ``/abs/file.json``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import Field, field_validator
+
+from visionkit.plugin import Section
+
+from .models import MODEL_NAMES
+
+
+class DataConfig(Section):
+    format: Literal["coco"] = Field("coco", description="COCO instances JSON, read directly")
+    root: Path = Field(..., description="dataset root; relative to the working directory")
+    train_images: str = "images/train"
+    train_annotations: str = "annotations/instances_train.json"
+    val_images: str = "images/val"
+    val_annotations: str = "annotations/instances_val.json"
+    keep_empty_images: bool = Field(
+        True, description="train split: keep images without (non-crowd) boxes as negatives; "
+                          "the val split always keeps every image, as COCO evaluation does")
+    min_box_size: float = Field(
+        1.0, ge=0, description="boxes narrower or lower than this (pixels, after clipping to the "
+                               "image) are dropped from training targets")
+    train_transforms: list[dict[str, Any]] = Field(
+        default_factory=list, description="albumentations transforms, [{name: Class, **kwargs}]")
+    val_transforms: list[dict[str, Any]] = Field(
+        default_factory=list, description="pixel-level or resize transforms only, so that "
+                                          "predictions map back to the original image exactly")
+    min_visibility: float = Field(0.0, ge=0, le=1, description="albumentations BboxParams")
+    min_area: float = Field(0.0, ge=0, description="albumentations BboxParams (pixels)")
+
+
+class ModelConfig(Section):
+    name: str = Field("fcos_light", description="a torchvision detector or fcos_light")
+    weights: Optional[Path] = Field(
+        None, description="local state_dict or visionkit checkpoint; never downloaded")
+    weights_strict: bool = Field(
+        True, description="false: load only the tensors whose names and shapes match (e.g. a "
+                          "COCO-trained model whose class head differs) and log the rest")
+    min_size: Optional[int] = Field(None, ge=16, description="resize: shorter side (None: model default)")
+    max_size: Optional[int] = Field(None, ge=16, description="resize: longer side cap (None: model default)")
+    score_thresh: float = Field(0.05, ge=0, le=1, description="0.05 is the usual setting for COCO mAP")
+    nms_thresh: Optional[float] = Field(None, gt=0, le=1, description="None: the model's default")
+    detections_per_img: int = Field(100, ge=1)
+    # fcos_light only (an error for the torchvision models):
+    width: Optional[int] = Field(None, ge=8, description="fcos_light: backbone stem channels (default 16)")
+    fpn_channels: Optional[int] = Field(None, ge=16, description="fcos_light: FPN/head channels (default 64)")
+    head_convs: Optional[int] = Field(None, ge=0, description="fcos_light: conv layers per head branch (default 2)")
+    num_levels: Optional[int] = Field(None, ge=1, le=3, description="fcos_light: FPN levels from stride 8 (default 3)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_NAMES:
+            close = difflib.get_close_matches(value, MODEL_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown detector {value!r}{hint}; available: {', '.join(MODEL_NAMES)}")
+        return value
+
+
+class LossConfig(Section):
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="weight per loss part of the model (e.g. FCOS: classification, "
+                    "bbox_regression, bbox_ctrness); parts not named weigh 1")

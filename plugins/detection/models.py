@@ -1,0 +1,189 @@
+"""Detectors by name: torchvision's (never downloading weights) and ``fcos_light``.
+
+Every model takes ``num_classes = K + 1``: torchvision reserves label 0 for the background, and
+the dataset emits labels ``1..K``. Weights come only from a local file, loaded with
+``torch.load(weights_only=True)`` so a weights file cannot run code.
+
+Why ``fcos_light``: from scratch on a CPU, torchvision's two-stage detectors (built for 800-pixel
+COCO images and pretrained backbones) learn far too slowly. FCOS is single-stage and anchor-free
+(one point per feature-map cell, no anchor shapes to tune), and torchvision's ``FCOS`` class
+accepts any backbone: here a small plain-conv ResNet-style net (3x3 convs are fast on CPU, where
+depthwise convs are not) with an FPN at 64 channels and 2-conv heads, run at the images' native
+size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from visionkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+log = logging.getLogger("visionkit.detection")
+
+# name -> family; the family says which keyword names a builder takes for thresholds and sizes.
+TORCHVISION_MODELS = {
+    "fasterrcnn_mobilenet_v3_large_320_fpn": "rcnn",
+    "fasterrcnn_mobilenet_v3_large_fpn": "rcnn",
+    "fasterrcnn_resnet50_fpn": "rcnn",
+    "fasterrcnn_resnet50_fpn_v2": "rcnn",
+    "retinanet_resnet50_fpn": "dense",
+    "retinanet_resnet50_fpn_v2": "dense",
+    "fcos_resnet50_fpn": "dense",
+    "ssdlite320_mobilenet_v3_large": "ssd",
+}
+MODEL_NAMES = ["fcos_light", *TORCHVISION_MODELS]
+LIGHT_FIELDS = ("width", "fpn_channels", "head_convs", "num_levels")
+
+
+# --- fcos_light -------------------------------------------------------------------------------
+
+class ConvBNAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convs and an identity shortcut."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = ConvBNAct(channels, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.bn2.weight)  # each block starts as identity: stable from scratch
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.bn2(self.conv2(self.conv1(x))))
+
+
+def _stage(cin: int, cout: int, blocks: int) -> nn.Sequential:
+    return nn.Sequential(ConvBNAct(cin, cout, stride=2), *[BasicBlock(cout) for _ in range(blocks)])
+
+
+class LightBackbone(nn.Module):
+    """Small ResNet-style net with an FPN; returns levels from stride 8 up (torchvision FCOS API).
+
+    Channels: ``width`` at stride 2, then 2x, 4x, 8x, 16x ``width`` at strides 4..32.
+    """
+
+    def __init__(self, width: int, fpn_channels: int, num_levels: int, depths: tuple[int, ...] = (1, 2, 2, 1)):
+        super().__init__()
+        from torchvision.ops import FeaturePyramidNetwork
+
+        w = width
+        self.stem = nn.Sequential(ConvBNAct(3, w, stride=2), _stage(w, 2 * w, depths[0]))  # stride 4
+        self.c3 = _stage(2 * w, 4 * w, depths[1])  # stride 8
+        self.c4 = _stage(4 * w, 8 * w, depths[2])  # stride 16
+        self.c5 = _stage(8 * w, 16 * w, depths[3])  # stride 32
+        self.fpn = FeaturePyramidNetwork([4 * w, 8 * w, 16 * w], fpn_channels)
+        self.num_levels = num_levels
+        self.out_channels = fpn_channels
+        for part in (self.stem, self.c3, self.c4, self.c5):  # the FPN keeps torchvision's init
+            for m in part.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        c3 = self.c3(self.stem(x))
+        c4 = self.c4(c3)
+        c5 = self.c5(c4)
+        feats = self.fpn(OrderedDict([("p3", c3), ("p4", c4), ("p5", c5)]))
+        return OrderedDict(list(feats.items())[: self.num_levels])
+
+
+def fcos_light(num_classes: int, width: int = 16, fpn_channels: int = 64, head_convs: int = 2,
+               num_levels: int = 3, **kwargs: Any) -> nn.Module:
+    """torchvision FCOS on :class:`LightBackbone`. ``kwargs`` go to ``FCOS`` (sizes, thresholds)."""
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+
+    backbone = LightBackbone(width, fpn_channels, num_levels)
+    # FCOS reads its "anchors" as points with a size equal to the level's stride.
+    strides = ((8,), (16,), (32,))[:num_levels]
+    anchors = AnchorGenerator(strides, ((1.0,),) * num_levels)
+    head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
+    norm = partial(nn.GroupNorm, math.gcd(32, fpn_channels))  # torchvision assumes 32 | channels
+    head.classification_head = FCOSClassificationHead(fpn_channels, 1, num_classes, head_convs, norm_layer=norm)
+    head.regression_head = FCOSRegressionHead(fpn_channels, 1, head_convs, norm_layer=norm)
+    return FCOS(backbone, num_classes, anchor_generator=anchors, head=head, **kwargs)
+
+
+# --- building by name -------------------------------------------------------------------------
+
+def _threshold_kwargs(family: str, cfg: "ModelConfig") -> dict[str, Any]:
+    prefix = "box_" if family == "rcnn" else ""
+    out = {f"{prefix}score_thresh": cfg.score_thresh, f"{prefix}detections_per_img": cfg.detections_per_img}
+    if cfg.nms_thresh is not None:
+        out[f"{prefix}nms_thresh"] = cfg.nms_thresh
+    return out
+
+
+def _size_kwargs(family: str, cfg: "ModelConfig") -> dict[str, Any]:
+    sizes = {k: v for k, v in (("min_size", cfg.min_size), ("max_size", cfg.max_size)) if v is not None}
+    if family == "ssd" and sizes:
+        raise ConfigError(f"model.min_size/max_size: {cfg.name} has a fixed 320x320 input; leave them unset")
+    return sizes
+
+
+def build(cfg: "ModelConfig", num_classes: int) -> nn.Module:
+    """``num_classes`` counts the background (K + 1)."""
+    if cfg.name == "fcos_light":
+        light = {k: getattr(cfg, k) for k in LIGHT_FIELDS if getattr(cfg, k) is not None}
+        sizes = {"min_size": cfg.min_size or 320, "max_size": cfg.max_size or cfg.min_size or 320}
+        model = fcos_light(num_classes, **light, **sizes, **_threshold_kwargs("dense", cfg))
+    else:
+        used = [k for k in LIGHT_FIELDS if getattr(cfg, k) is not None]
+        if used:
+            raise ConfigError(f"model.{used[0]}: only fcos_light takes {', '.join(LIGHT_FIELDS)}; "
+                              f"remove it for {cfg.name}")
+        import torchvision.models.detection as tvd
+
+        family = TORCHVISION_MODELS[cfg.name]
+        builder: Callable[..., nn.Module] = getattr(tvd, cfg.name)
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes,
+                        **_size_kwargs(family, cfg), **_threshold_kwargs(family, cfg))
+    if cfg.weights is not None:
+        load_weights(model, cfg.weights, cfg.weights_strict)
+    return model
+
+
+def load_weights(model: nn.Module, path: Path, strict: bool) -> None:
+    """A state_dict, or a visionkit checkpoint (its ``model`` entry); tensors only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model.weights: {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"model.weights: {path} is not a loadable weights file ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.weights: {path} holds a {type(state).__name__}, expected a state_dict")
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    misfit = sorted(k for k in state if k in own and k not in fits)
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state)
+    if strict and (misfit or unexpected or missing):
+        first = (misfit or unexpected or missing)[0]
+        kind = "shape differs" if misfit else ("not in the model" if unexpected else "missing from the file")
+        raise ConfigError(f"model.weights: {path} does not fit {model.__class__.__name__}: {first!r} {kind} "
+                          f"({len(misfit)} shape mismatches, {len(unexpected)} unexpected, {len(missing)} missing); "
+                          "set model.weights_strict: false to load what fits")
+    model.load_state_dict(fits, strict=False)
+    (log.info if len(fits) == len(own) else log.warning)("model.weights: loaded %d of %d tensors from %s (%d shape mismatches, %d unexpected, %d left initialised)",
+                len(fits), len(own), path, len(misfit), len(unexpected), len(own) - len(fits))

@@ -1,0 +1,71 @@
+"""Semantic segmentation: a class per pixel, scored by mIoU.
+
+Data from mask PNG folders (VOC layout included) or COCO instances JSON; torchvision's
+DeepLabV3 / FCN / LR-ASPP or a compact U-Net; cross-entropy (+ auxiliary head, + Dice);
+a confusion-matrix metric that is exact across any number of workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionkit.plugin import TaskPlugin
+
+from .data import DataConfig, SegmentationDataset, build_dataset, collate
+from .loss import LossConfig, build_loss
+from .metric import SegmentationMetric, predicted_classes
+from .models import ModelConfig, build_model
+
+
+class LogitsOnly(torch.nn.Module):
+    """For ONNX: one tensor out (logits, NxCxHxW) instead of a dict; input is RGB in [0, 1]."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)["out"]
+
+
+class SegmentationPlugin(TaskPlugin):
+    name = "segmentation"
+    summary = "semantic segmentation (mask PNGs, VOC or COCO JSON; DeepLabV3/FCN/LR-ASPP/U-Net; mIoU)"
+    DataConfig = DataConfig
+    ModelConfig = ModelConfig
+    LossConfig = LossConfig
+
+    def build_dataset(self, data: DataConfig, split: str) -> SegmentationDataset:
+        return build_dataset(data, split)
+
+    def collate(self, samples: list) -> Any:
+        return collate(samples)
+
+    def build_model(self, model: ModelConfig, classes: list[str]) -> torch.nn.Module:
+        return build_model(model, len(classes))
+
+    def build_loss(self, loss: LossConfig, classes: list[str]):
+        return build_loss(loss, classes)
+
+    def predict(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """Class per pixel (BxHxW, uint8); the caller has put the model in eval mode."""
+        images, _ = batch
+        with torch.no_grad():
+            return predicted_classes(model(images)["out"])
+
+    def build_metric(self, classes: list[str]) -> SegmentationMetric:
+        return SegmentationMetric(classes)
+
+    def write_visuals(self, result: dict[str, Any], classes: list[str], out_dir: Path) -> list[Path]:
+        from .visuals import write_visuals
+
+        return write_visuals(result, classes, out_dir)
+
+    def export_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        return LogitsOnly(model)
+
+
+__all__ = ["SegmentationPlugin", "DataConfig", "ModelConfig", "LossConfig"]

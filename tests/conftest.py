@@ -1,0 +1,69 @@
+"""Shared fixtures: one small Ray instance for the whole session, generated data sets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One embedded Ray for every test that needs it (starting one costs seconds)."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, object_store_memory=200 * 1024**2,
+             logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shapes_cls(tmp_path_factory) -> Path:
+    """Small 32-px classification shapes set, shared read-only by the tests."""
+    from visionkit.data import synth
+
+    return synth.classification(tmp_path_factory.mktemp("shapes_cls"), num_train=160, num_val=60, size=32, seed=3)
+
+
+def cls_overrides(root: Path, run_root: Path, name: str, **extra) -> list[str]:
+    """A fast classification config: the MLP on 32-px shapes."""
+    base = {
+        "data.root": str(root), "data.image_size": 32, "data.cache_images": True,
+        "data.train_transforms": "[]", "model.name": "mlp", "model.hidden": "[64]",
+        "train.epochs": 3, "train.batch_size": 16, "train.optimizer.name": "adam",
+        "train.optimizer.lr": 0.003, "train.scheduler.name": "constant", "train.progress": False,
+        "output.storage_path": str(run_root), "output.name": name,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "visionkit.cli", *args], cwd=cwd or REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", *args], check=True,
+                   capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def toy_plugin(tmp_path_factory):
+    """The third-party plugin in tests/fixtures/toyplugin, built in a temp dir and pip-installed,
+    as a user would; uninstalled at the end."""
+    import shutil
+
+    src = tmp_path_factory.mktemp("toyplugin") / "toyplugin"
+    shutil.copytree(REPO / "tests" / "fixtures" / "toyplugin", src)
+    pip("install", "--no-deps", "--no-build-isolation", str(src))
+    yield "toy"
+    pip("uninstall", "-y", "vk-toy-plugin")

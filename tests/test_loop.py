@@ -1,0 +1,134 @@
+"""The training loop's pieces, in this process (``ray.num_workers: 0``): fast and exact."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from visionkit.config import SchedulerConfig
+from visionkit.fileio import load_checkpoint
+from visionkit.train import launch, loop
+from visionkit.train.optim import lr_factor
+from visionkit.train.runlog import read_metrics
+
+from conftest import REPO, cls_overrides
+
+CONFIG = str(REPO / "configs" / "classification" / "shapes.yaml")
+
+
+def train_local(root, runs, name, **extra):
+    return launch.train(CONFIG, cls_overrides(root, runs, name, **{"ray.num_workers": 0, **extra}))
+
+
+def weights(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def test_a_cnn_learns_the_shapes(shapes_cls, tmp_path):
+    run = train_local(shapes_cls, tmp_path, "learn", **{
+        "model.name": "resnet18", "train.epochs": 6, "train.batch_size": 32,
+        "train.optimizer.name": "adamw", "train.optimizer.lr": 0.003, "train.scheduler.name": "cosine",
+        "train.scheduler.warmup_epochs": 1})
+    best = json.loads((run / "eval_best.json").read_text())
+    assert best["top1"] >= 0.9, best
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == list(range(6))
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"]
+    for name in ("curves.png", "confusion_matrix.png"):
+        assert (run / "plots" / name).stat().st_size > 1000
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_after_a_crash_replays_exactly(shapes_cls, tmp_path, monkeypatch):
+    straight = train_local(shapes_cls, tmp_path, "straight")
+
+    real_save = loop.save_checkpoint
+
+    def crash_after_epoch_2(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        if args[7] == 1:  # epoch index
+            raise KeyboardInterrupt("driver killed")
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_local(shapes_cls, tmp_path, "crashed")
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    crashed = tmp_path / "crashed"
+    assert load_checkpoint(crashed / "checkpoints" / "last.pt")["epoch"] == 1
+    launch.train(None, [], resume=str(crashed))
+
+    rows, ref = read_metrics(crashed), read_metrics(straight)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # none skipped, none repeated
+    for a, b in zip(rows, ref):
+        assert a["train/loss"] == b["train/loss"] and a["val/top1"] == b["val/top1"]
+    for key, value in weights(straight).items():
+        assert torch.equal(value, weights(crashed)[key]), key
+
+
+def test_metrics_past_the_checkpoint_are_dropped_on_resume(shapes_cls, tmp_path, monkeypatch):
+    """A crash between the metrics line and the checkpoint must not leave that epoch twice."""
+    real_save = loop.save_checkpoint
+
+    def crash_in_save(*args, **kwargs):
+        if args[7] == 1:
+            raise KeyboardInterrupt("killed while writing the checkpoint")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", crash_in_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_local(shapes_cls, tmp_path, "torn")
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    run = tmp_path / "torn"
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1]
+    launch.train(None, [], resume=str(run))
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2]
+
+
+def test_checkpoint_write_is_atomic(shapes_cls, tmp_path, monkeypatch):
+    run = train_local(shapes_cls, tmp_path, "atomic", **{"train.epochs": 1})
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+
+    def torn_save(obj, fh, *a, **k):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError):
+        launch.train(None, ["train.epochs=2"], resume=str(run))
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 0
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_gradient_accumulation_matches_a_larger_batch(shapes_cls, tmp_path):
+    big = train_local(shapes_cls, tmp_path, "big", **{"train.epochs": 1, "train.batch_size": 32})
+    accum = train_local(shapes_cls, tmp_path, "accum", **{"train.epochs": 1, "train.batch_size": 16,
+                                                           "train.grad_accum_steps": 2})
+    for key, value in weights(big).items():
+        torch.testing.assert_close(weights(accum)[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_and_clipping_run_on_cpu(shapes_cls, tmp_path):
+    run = train_local(shapes_cls, tmp_path, "bf16", **{"train.epochs": 1, "train.amp": "bf16",
+                                                        "train.grad_clip_norm": 1.0})
+    assert math.isfinite(read_metrics(run)[0]["train/loss"])
+
+
+def test_lr_schedule_warmup_then_cosine_and_step():
+    cfg = SchedulerConfig(name="cosine", warmup_epochs=1, warmup_start_factor=0.1)
+    f = [lr_factor(cfg, s, steps_per_epoch=10, epochs=5) for s in range(50)]
+    assert f[0] == pytest.approx(0.1) and f[5] == pytest.approx(0.55) and f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
+    step = SchedulerConfig(name="step", step_epochs=2, gamma=0.5)
+    assert [lr_factor(step, s, 10, 6) for s in (0, 19, 20, 45)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_eval_command_writes_json(shapes_cls, tmp_path):
+    run = train_local(shapes_cls, tmp_path, "ev", **{"train.epochs": 1})
+    result = launch.evaluate(str(run), [])
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["top1"] == result["top1"] == read_metrics(run)[0]["val/top1"]
+    assert saved["num_images"] == 60 and len(saved["confusion_matrix"]) == 4

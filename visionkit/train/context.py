@@ -1,0 +1,123 @@
+"""Where the training loop runs: a Ray Train worker, or this process (``ray.num_workers: 0``).
+
+The loop talks only to this small interface, so the same code runs under Ray with N workers and
+in-process for debugging and fast tests. Everything Ray-specific stays in :class:`RayWorker`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..fileio import load_checkpoint
+
+STATE_FILE = "last.pt"
+
+
+class LocalWorker:
+    """The loop in the calling process: one worker, no Ray, no DDP."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, use_gpu: bool = False, resume_from: Optional[Path] = None):
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self._resume_from = resume_from
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def prepare_train_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+        return loader
+
+    def set_epoch(self, loader, epoch: int) -> None:
+        pass
+
+    def restored_state(self) -> Optional[dict[str, Any]]:
+        return load_checkpoint(self._resume_from) if self._resume_from else None
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def report(self, metrics: dict[str, Any], state_file: Optional[Path]) -> None:
+        pass
+
+    def progress(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, mininterval=0.5)
+
+
+class RayWorker(LocalWorker):
+    """A Ray Train worker: DDP model, distributed sampler, checkpoints reported to Ray."""
+
+    def __init__(self, resume_from: Optional[Path] = None):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._resume_from = resume_from
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def prepare_train_loader(self, loader):
+        import ray.train.torch
+
+        # Batches are moved by the loop itself: plugins' batches may be lists of dicts.
+        return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+
+    def set_epoch(self, loader, epoch: int) -> None:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    def restored_state(self):
+        """Ray's latest checkpoint wins (a restart after a failure); else ``--resume``'s file."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return super().restored_state()
+        with checkpoint.as_directory() as d:
+            return load_checkpoint(Path(d) / STATE_FILE)
+
+    def progress(self, total, desc):
+        # Drawn by the driver: plain tqdm's carriage returns garble forwarded worker logs.
+        from ray.experimental.tqdm_ray import tqdm
+
+        return tqdm(total=total, desc=desc, unit="step")
+
+    def all_gather(self, obj):
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def report(self, metrics, state_file):
+        """A barrier on every worker; rank 0 hands Ray the checkpoint for failure recovery."""
+        import ray.train
+
+        if state_file is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="visionkit-ckpt-") as tmp:
+            # A hard link costs nothing; Ray copies it into the run's storage.
+            target = Path(tmp) / STATE_FILE
+            try:
+                target.hardlink_to(state_file)
+            except OSError:
+                import shutil
+
+                shutil.copy2(state_file, target)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -1,0 +1,87 @@
+"""What a run leaves behind (written by rank 0): metrics.jsonl, TensorBoard events, PNG plots.
+
+Ray Train V2 keeps no metrics that come without a checkpoint, so the project writes its own log.
+``metrics.jsonl`` has one line per finished epoch; on resume, lines past the checkpoint's epoch
+(written by an epoch that never got its checkpoint) are dropped, so every epoch appears once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a crash ends the usable log
+    return rows
+
+
+def scalars(result: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, last_epoch: int):
+        self.run_dir = Path(run_dir)
+        self.plots = self.run_dir / "plots"
+        self.plots.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_metrics(self.run_dir) if r["epoch"] <= last_epoch]
+        atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+        self.rows = kept
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a crashed attempt logged past the checkpoint.
+        self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=last_epoch + 1)
+
+    def epoch(self, row: dict[str, Any], result: dict[str, Any] | None) -> None:
+        self.rows.append(row)
+        with open(self.run_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(key, value, row["epoch"])
+        self.tb.flush()
+        if result is not None:
+            atomic_write_text(self.run_dir / "eval_last.json", json.dumps({"epoch": row["epoch"], **result}))
+        self.plot_curves()
+
+    def best(self, result: dict[str, Any], epoch: int, primary: str) -> None:
+        atomic_write_text(self.run_dir / "eval_best.json", json.dumps({"epoch": epoch, "primary": primary, **result}))
+
+    def plot_curves(self) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = sorted({k for r in self.rows for k in r if k.startswith(("train/", "val/"))
+                       and isinstance(r[k], (int, float))})
+        fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 2.8), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            pts = [(r["epoch"] + 1, r[key]) for r in self.rows if key in r]
+            ax.plot(*zip(*pts), marker="o", ms=3)
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out = self.plots / "curves.png"
+        fig.savefig(out, dpi=90)
+        plt.close(fig)
+        return out
+
+    def close(self) -> None:
+        self.tb.close()
