@@ -132,3 +132,19 @@ def test_eval_command_writes_json(shapes_cls, tmp_path):
     saved = json.loads((run / "eval.json").read_text())
     assert saved["top1"] == result["top1"] == read_metrics(run)[0]["val/top1"]
     assert saved["num_images"] == 60 and len(saved["confusion_matrix"]) == 4
+
+
+def test_eval_cli_prints_metrics_and_names_bad_targets(shapes_cls, tmp_path):
+    from conftest import run_cli
+
+    run = train_local(shapes_cls, tmp_path, "evcli", **{"train.epochs": 1})
+    proc = run_cli("eval", str(run), "-o", str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    assert printed["top1"] == json.loads((tmp_path / "out.json").read_text())["top1"]
+    proc = run_cli("eval", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2 and "nowhere: no such run directory or checkpoint file" in proc.stderr
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    proc = run_cli("eval", str(tmp_path / "junk.pt"))
+    assert proc.returncode == 2 and "junk.pt: not a readable visionkit checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -107,7 +107,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, task: 
         with no_sync:
             with autocast(t.amp, ctx.device):
                 out = loss_fn(model, batch)
-            scaler.scale(out.total / t.grad_accum_steps).backward()
+            loss = out.total / t.grad_accum_steps if t.grad_accum_steps > 1 else out.total
+            scaler.scale(loss).backward()
         if step_now:
             if t.grad_clip_norm:
                 scaler.unscale_(optimizer)
@@ -120,11 +121,15 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, task: 
         images += n
         if bar is not None:
             bar.update(1)
-        for name, value in {"loss": out.total, **out.parts}.items():
-            sums[name] = sums.get(name, 0.0) + value.detach().float() * n
+        if i == 0:
+            first_step = time.time()
+        # Summed as tensors: no per-step host sync on a GPU.
+        sums["loss"] = sums.get("loss", 0.0) + out.total.detach() * n
+        for name, value in out.parts.items():
+            sums[name] = sums.get(name, 0.0) + value.detach() * n
     if bar is not None:
         bar.close()
-    return {k: float(v) for k, v in sums.items()}, images
+    return {k: float(v) for k, v in sums.items()}, images, first_step
 
 
 @torch.inference_mode()
@@ -178,7 +183,7 @@ def train_worker(job: dict[str, Any], ctx) -> None:
         seed_everything(t.seed, epoch, ctx.rank)
         ctx.set_epoch(train_loader, epoch)
         tic = time.perf_counter()
-        sums, images = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, scaler, task, ctx, epoch)
+        sums, images, first_step = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, scaler, task, ctx, epoch)
         train_time = time.perf_counter() - tic
         gathered = ctx.all_gather((sums, images))
         total_images = sum(n for _, n in gathered)
@@ -200,6 +205,8 @@ def train_worker(job: dict[str, Any], ctx) -> None:
             if improved:
                 best = {"value": value, "epoch": epoch}
         row["time_s"] = time.perf_counter() - tic
+        # Wall-clock stamps, for time-to-accuracy and start-up benchmarks across processes.
+        row["first_step_unix"], row["end_unix"] = first_step, time.time()
 
         state_file = None
         if ctx.rank == 0:

@@ -52,7 +52,7 @@ class RunLog:
         with open(self.run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+            if key != "epoch" and not key.endswith("_unix") and isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(key, value, row["epoch"])
         self.tb.flush()
         if result is not None:
