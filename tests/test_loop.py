@@ -26,16 +26,21 @@ def weights(run_dir: Path) -> dict:
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
 
 
-def test_a_cnn_learns_the_shapes(shapes_cls, tmp_path):
-    run = train_local(shapes_cls, tmp_path, "learn", **{
+def test_a_cnn_learns_the_shapes(tmp_path_factory, tmp_path):
+    """ResNet-18 from scratch on 1,200 generated images: well above chance (0.25) in 6 epochs.
+    (The full demo config reaches >= 0.95; see benchmarks/README.md.)"""
+    from visionkit.data import synth
+
+    root = synth.classification(tmp_path_factory.mktemp("learn"), num_train=1200, num_val=200, size=32, seed=3)
+    run = train_local(root, tmp_path, "learn", **{
         "model.name": "resnet18", "train.epochs": 6, "train.batch_size": 32,
-        "train.optimizer.name": "adamw", "train.optimizer.lr": 0.003, "train.scheduler.name": "cosine",
-        "train.scheduler.warmup_epochs": 1})
+        "train.optimizer.name": "adamw", "train.optimizer.lr": 0.003, "train.optimizer.weight_decay": 0.05,
+        "train.scheduler.name": "cosine", "train.scheduler.warmup_epochs": 1})
     best = json.loads((run / "eval_best.json").read_text())
-    assert best["top1"] >= 0.9, best
+    assert best["top1"] >= 0.5, best
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == list(range(6))
-    assert rows[-1]["train/loss"] < rows[0]["train/loss"]
+    assert rows[-1]["train/loss"] < 0.7 * rows[0]["train/loss"]
     for name in ("curves.png", "confusion_matrix.png"):
         assert (run / "plots" / name).stat().st_size > 1000
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))

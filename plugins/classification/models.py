@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -17,6 +17,8 @@ from visionkit.plugin import Section
 class ModelConfig(Section):
     name: str = "resnet18"
     weights: Optional[Path] = None  # a local state-dict file; nothing is ever downloaded
+    # Extra keyword arguments of the torchvision builder, e.g. {zero_init_residual: true} for ResNets.
+    builder_args: dict[str, Any] = {}
     hidden: list[int] = [256, 128]  # mlp only
     dropout: float = 0.0  # mlp only
 
@@ -57,7 +59,10 @@ def build_model(cfg: ModelConfig, num_classes: int, channels: int, image_size: i
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"model.name: unknown classification model {cfg.name!r}{hint}; "
                               "use 'mlp' or a torchvision classification model name")
-        model = torchvision.models.get_model(cfg.name, weights=None, num_classes=num_classes)
+        try:
+            model = torchvision.models.get_model(cfg.name, weights=None, num_classes=num_classes, **cfg.builder_args)
+        except TypeError as exc:
+            raise ConfigError(f"model.builder_args: {cfg.name} does not accept {sorted(cfg.builder_args)} ({exc})") from None
         if channels == 1:
             _first_conv_to_gray(model)
     if cfg.weights:
