@@ -13,7 +13,7 @@ import torch
 
 from visionkit.data import synth
 from visionkit_plugins.detection import DataConfig, DetectionPlugin
-from visionkit_plugins.detection.metric import STAT_NAMES
+from visionkit_plugins.detection.metric import LOGGED, STAT_NAMES
 
 VAL_JSON = "annotations/instances_val.json"
 
@@ -106,8 +106,9 @@ def test_map_equals_pycocotools_on_the_file_for_any_worker_count(scenes):
     assert 0.2 < expected[0] < 0.95  # a non-trivial case
     for workers in (1, 2, 3):
         result = plugin_result(val, outputs, workers)
-        got = np.array([result[k] for k in STAT_NAMES])
+        got = np.array([result["coco_stats"][k] for k in STAT_NAMES])
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert {k for k, v in result.items() if isinstance(v, float)} == set(LOGGED)  # logged per epoch
     # mAP is the mean of the per-class APs (every class has ground truth here)
     assert np.isclose(np.mean(list(result["per_class_AP"].values())), result["mAP"])
     assert set(result["per_class_AP"]) == set(synth.CLASSES)
@@ -127,7 +128,8 @@ def test_detections_on_crowd_regions_are_ignored_not_false_positives(scenes):
                       "labels": torch.cat([out["labels"], torch.tensor([crowd["category_id"]])])}
     after = plugin_result(val, outputs, 2)
     assert after["mAP"] == before["mAP"] and after["mAP50"] == before["mAP50"]
-    np.testing.assert_allclose([after[k] for k in STAT_NAMES], pycocotools_direct(scenes / VAL_JSON, val, outputs), atol=1e-12)
+    np.testing.assert_allclose([after["coco_stats"][k] for k in STAT_NAMES], pycocotools_direct(scenes / VAL_JSON, val, outputs),
+                               atol=1e-12)
 
 
 def test_no_detections_scores_zero(scenes):

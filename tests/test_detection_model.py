@@ -57,16 +57,21 @@ def test_torchvision_detectors_build_with_dataset_classes(name):
         assert model.roi_heads.box_predictor.cls_score.out_features == len(CLASSES) + 1
 
 
-def test_fcos_light_trains_and_predicts_with_weighted_loss_parts(scenes):
+@pytest.mark.parametrize("levels, channels", [(1, 64), (3, 48)])
+def test_fcos_light_trains_and_predicts_with_weighted_loss_parts(scenes, levels, channels):
     plugin = DetectionPlugin()
     ds = plugin.build_dataset(DataConfig(root=scenes), "train")
-    model = plugin.build_model(ModelConfig(min_size=64, max_size=64), ds.classes)
+    model = plugin.build_model(ModelConfig(min_size=64, max_size=64, num_levels=levels, fpn_channels=channels), ds.classes)
     assert model.head.classification_head.num_classes == len(ds.classes) + 1
     batch = plugin.collate([ds[i] for i in range(4)])
     torch.manual_seed(0)
     plain = plugin.build_loss(LossConfig(), ds.classes)(model, batch)
     assert set(plain.parts) == {"classification", "bbox_regression", "bbox_ctrness"}
     assert torch.isclose(plain.total, sum(plain.parts.values()))
+    plain.total.backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, f"DDP fails on parameters without gradients: {unused}"
+    model.zero_grad()
     weighted = plugin.build_loss(LossConfig(weights={"bbox_regression": 2.0, "bbox_ctrness": 0.0}), ds.classes)(model, batch)
     p = weighted.parts
     assert torch.isclose(weighted.total, p["classification"] + 2 * p["bbox_regression"])
@@ -110,6 +115,25 @@ def test_local_weights_file_loaded_and_checked(tmp_path):
         plugin.build_model(ModelConfig(min_size=64, max_size=64, weights=path), CLASSES + ["d"])
     partial = plugin.build_model(ModelConfig(min_size=64, max_size=64, weights=path, weights_strict=False), CLASSES + ["d"])
     assert torch.equal(partial.backbone.c3[0][0].weight, source.backbone.c3[0][0].weight)
+    # a backbone-only file, as an ImageNet classifier's would be, placed with a prefix
+    torch.save(source.backbone.state_dict(), tmp_path / "backbone.pt")
+    fresh = plugin.build_model(ModelConfig(min_size=64, max_size=64, weights=tmp_path / "backbone.pt",
+                                           weights_prefix="backbone.", weights_strict=False), CLASSES)
+    assert torch.equal(fresh.backbone.c5[0][0].weight, source.backbone.c5[0][0].weight)
+    assert not torch.equal(fresh.head.classification_head.cls_logits.weight, source.head.classification_head.cls_logits.weight)
+
+
+def test_frozen_backbone_for_fine_tuning():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    model = DetectionPlugin().build_model(
+        ModelConfig(name="retinanet_resnet50_fpn", freeze_backbone_norm=True, trainable_backbone_layers=3), CLASSES)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.body.modules())
+    trainable = {n.split(".")[0] for n, p in model.backbone.body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}
+    with pytest.raises(ConfigError, match="only for the ResNet-50"):
+        DetectionPlugin().build_model(ModelConfig(trainable_backbone_layers=2), CLASSES)
 
 
 def test_model_config_errors():

@@ -66,3 +66,19 @@ def test_resume_after_the_driver_is_killed(ray_cluster, shapes_cls, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resuming at epoch" in proc.stdout
     assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2, 3]
+
+
+def test_detection_trains_on_two_workers_and_evaluates_like_one_process(ray_cluster, tmp_path):
+    """CI-sized: a few detection steps through Ray, then the COCO metric with 1 and 2 workers."""
+    from visionkit.data import synth
+
+    root = synth.scenes(tmp_path / "scenes", num_train=16, num_val=8, size=128, seed=5)
+    run = launch.train(str(REPO / "configs" / "detection" / "shapes.yaml"), [
+        f"data.root={root}", "train.epochs=1", "train.batch_size=4", "train.progress=false",
+        f"output.storage_path={tmp_path}", "output.name=det"])
+    row = read_metrics(run)[0]
+    assert {"train/classification", "train/bbox_regression", "train/bbox_ctrness", "val/mAP", "val/mAP50"} <= set(row)
+    one = launch.evaluate(str(run), [], workers=0, output=str(tmp_path / "one.json"))
+    two = launch.evaluate(str(run), [], workers=2, output=str(tmp_path / "two.json"))
+    for key in ("mAP", "mAP50", "mAP75"):
+        assert one[key] == two[key], key

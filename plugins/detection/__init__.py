@@ -62,7 +62,8 @@ class DetectionPlugin(TaskPlugin):
     def batch_size_of(self, batch: Any) -> int:
         return len(batch[0])
 
-    def build_model(self, model: ModelConfig, classes: list[str]) -> torch.nn.Module:
+    def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig | None = None) -> torch.nn.Module:
+        """``data`` is unused: detectors resize inputs themselves (model.min_size/max_size)."""
         return _models.build(model, num_classes=len(classes) + 1)  # + background
 
     def build_loss(self, loss: LossConfig, classes: list[str]) -> DetectionLoss:

@@ -122,7 +122,7 @@ def read_categories_only(ann_file: Path) -> tuple[list[int], list[str]]:
     return read_categories(ann_file, load_json(ann_file))
 
 
-def _read_images(ann_file: Path, image_dir: Path, coco: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def _read_images(ann_file: Path, coco: dict[str, Any]) -> dict[int, dict[str, Any]]:
     images: dict[int, dict[str, Any]] = {}
     for i, img in enumerate(coco["images"]):
         if not isinstance(img, dict) or not isinstance(img.get("id"), int):
@@ -189,7 +189,7 @@ def read_split(ann_file: Path, image_dir: Path, min_box_size: float, keep_empty:
         raise _fail(ann_file, "field 'categories'",
                     f"differs from the train split's ({dict(zip(*categories))} there, {dict(zip(cat_ids, names))} here)")
     label_of = {c: k for k, c in enumerate(cat_ids)}
-    images = _read_images(ann_file, image_dir, coco)
+    images = _read_images(ann_file, coco)
     per_image: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
     known = set(cat_ids)
     for i, ann in enumerate(coco.get("annotations", [])):

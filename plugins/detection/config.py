@@ -45,14 +45,26 @@ class ModelConfig(Section):
     name: str = Field("fcos_light", description="a torchvision detector or fcos_light")
     weights: Optional[Path] = Field(
         None, description="local state_dict or visionkit checkpoint; never downloaded")
+    weights_prefix: str = Field(
+        "", description="prepended to every name in the weights file, e.g. 'backbone.body.' to load "
+                        "an ImageNet ResNet-50 classifier's file into a detector's backbone")
     weights_strict: bool = Field(
         True, description="false: load only the tensors whose names and shapes match (e.g. a "
                           "COCO-trained model whose class head differs) and log the rest")
+    freeze_backbone_norm: bool = Field(
+        False, description="BatchNorm in the backbone becomes FrozenBatchNorm2d after the weights load: "
+                           "what torchvision does with a pretrained backbone; needed at 1-2 images per GPU")
+    trainable_backbone_layers: Optional[int] = Field(
+        None, ge=0, le=5, description="ResNet backbones: train only the last N of layer4..conv1 "
+                                      "(torchvision's default with a pretrained backbone is 3); None: all")
     min_size: Optional[int] = Field(None, ge=16, description="resize: shorter side (None: model default)")
     max_size: Optional[int] = Field(None, ge=16, description="resize: longer side cap (None: model default)")
     score_thresh: float = Field(0.05, ge=0, le=1, description="0.05 is the usual setting for COCO mAP")
     nms_thresh: Optional[float] = Field(None, gt=0, le=1, description="None: the model's default")
     detections_per_img: int = Field(100, ge=1)
+    center_sampling_radius: Optional[float] = Field(
+        None, gt=0, description="FCOS models: positives are points within this many strides of a "
+                                "box centre (None: torchvision's 1.5)")
     # fcos_light only (an error for the torchvision models):
     width: Optional[int] = Field(None, ge=8, description="fcos_light: backbone stem channels (default 16)")
     fpn_channels: Optional[int] = Field(None, ge=16, description="fcos_light: FPN/head channels (default 64)")

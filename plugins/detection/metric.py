@@ -24,6 +24,8 @@ from visionkit.plugin import Metric
 #: indices into COCOeval.stats (see COCOeval.summarize)
 STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+#: the ones logged per epoch; all twelve go to the JSON under "coco_stats"
+LOGGED = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR100")
 SAMPLE_IMAGES = 6
 SAMPLE_MIN_SCORE = 0.3
 
@@ -111,11 +113,12 @@ class DetectionMetric(Metric):
                 # Fresh ids from 1: pycocotools treats an annotation id 0 as "unmatched".
                 gt.append({**ann, "id": len(gt) + 1, "image_id": i})
             results += to_coco_results(self.dets[i], i)
-        result: dict[str, Any] = {name: 0.0 for name in STAT_NAMES}
         if not ids:
-            return result
+            return {**{name: 0.0 for name in LOGGED}, "coco_stats": {name: 0.0 for name in STAT_NAMES}}
         ev = coco_eval(images, gt, results, categories)
-        result.update({name: float(v) for name, v in zip(STAT_NAMES, ev.stats)})
+        stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}  # -1: no such ground truth
+        result: dict[str, Any] = {name: stats[name] for name in LOGGED}
+        result["coco_stats"] = stats
         precision = ev.eval["precision"]  # [iou T, recall R, class K, area A, max dets M]
         all_area, most_dets = 0, len(ev.params.maxDets) - 1
         per_class = precision[:, :, :, all_area, most_dets]

@@ -72,6 +72,29 @@ def _stage(cin: int, cout: int, blocks: int) -> nn.Sequential:
     return nn.Sequential(ConvBNAct(cin, cout, stride=2), *[BasicBlock(cout) for _ in range(blocks)])
 
 
+class TopDownFPN(nn.Module):
+    """Feature pyramid (1x1 laterals, nearest upsampling, 3x3 outputs) with outputs only for the
+    ``num_outputs`` finest levels: every parameter gets a gradient, as DDP requires."""
+
+    def __init__(self, in_channels: list[int], out_channels: int, num_outputs: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in range(num_outputs))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``feats`` fine to coarse; returns the finest ``num_outputs`` levels, fine to coarse."""
+        x = self.lateral[-1](feats[-1])
+        merged = [x]
+        for f, lateral in zip(feats[-2::-1], list(self.lateral)[-2::-1]):
+            x = lateral(f) + nn.functional.interpolate(x, size=f.shape[-2:], mode="nearest")
+            merged.insert(0, x)
+        return [conv(m) for conv, m in zip(self.output, merged)]
+
+
 class LightBackbone(nn.Module):
     """Small ResNet-style net with an FPN; returns levels from stride 8 up (torchvision FCOS API).
 
@@ -80,17 +103,14 @@ class LightBackbone(nn.Module):
 
     def __init__(self, width: int, fpn_channels: int, num_levels: int, depths: tuple[int, ...] = (1, 2, 2, 1)):
         super().__init__()
-        from torchvision.ops import FeaturePyramidNetwork
-
         w = width
         self.stem = nn.Sequential(ConvBNAct(3, w, stride=2), _stage(w, 2 * w, depths[0]))  # stride 4
         self.c3 = _stage(2 * w, 4 * w, depths[1])  # stride 8
         self.c4 = _stage(4 * w, 8 * w, depths[2])  # stride 16
         self.c5 = _stage(8 * w, 16 * w, depths[3])  # stride 32
-        self.fpn = FeaturePyramidNetwork([4 * w, 8 * w, 16 * w], fpn_channels)
-        self.num_levels = num_levels
+        self.fpn = TopDownFPN([4 * w, 8 * w, 16 * w], fpn_channels, num_levels)
         self.out_channels = fpn_channels
-        for part in (self.stem, self.c3, self.c4, self.c5):  # the FPN keeps torchvision's init
+        for part in (self.stem, self.c3, self.c4, self.c5):
             for m in part.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -99,8 +119,21 @@ class LightBackbone(nn.Module):
         c3 = self.c3(self.stem(x))
         c4 = self.c4(c3)
         c5 = self.c5(c4)
-        feats = self.fpn(OrderedDict([("p3", c3), ("p4", c4), ("p5", c5)]))
-        return OrderedDict(list(feats.items())[: self.num_levels])
+        return OrderedDict(zip(("p3", "p4", "p5"), self.fpn([c3, c4, c5])))
+
+
+def _fcos_head(channels: int, num_classes: int, num_convs: int) -> nn.Module:
+    """torchvision's FCOSHead with GroupNorm groups that divide ``channels`` (it assumes 32 do)."""
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+
+    norm = partial(nn.GroupNorm, math.gcd(32, channels))
+    head = FCOSHead.__new__(FCOSHead)
+    nn.Module.__init__(head)
+    head.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)
+    head.classification_head = FCOSClassificationHead(channels, 1, num_classes, num_convs, norm_layer=norm)
+    head.regression_head = FCOSRegressionHead(channels, 1, num_convs, norm_layer=norm)
+    return head
 
 
 def fcos_light(num_classes: int, width: int = 16, fpn_channels: int = 64, head_convs: int = 2,
@@ -108,16 +141,12 @@ def fcos_light(num_classes: int, width: int = 16, fpn_channels: int = 64, head_c
     """torchvision FCOS on :class:`LightBackbone`. ``kwargs`` go to ``FCOS`` (sizes, thresholds)."""
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 
     backbone = LightBackbone(width, fpn_channels, num_levels)
     # FCOS reads its "anchors" as points with a size equal to the level's stride.
     strides = ((8,), (16,), (32,))[:num_levels]
     anchors = AnchorGenerator(strides, ((1.0,),) * num_levels)
-    head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
-    norm = partial(nn.GroupNorm, math.gcd(32, fpn_channels))  # torchvision assumes 32 | channels
-    head.classification_head = FCOSClassificationHead(fpn_channels, 1, num_classes, head_convs, norm_layer=norm)
-    head.regression_head = FCOSRegressionHead(fpn_channels, 1, head_convs, norm_layer=norm)
+    head = _fcos_head(fpn_channels, num_classes, head_convs)
     return FCOS(backbone, num_classes, anchor_generator=anchors, head=head, **kwargs)
 
 
@@ -140,10 +169,15 @@ def _size_kwargs(family: str, cfg: "ModelConfig") -> dict[str, Any]:
 
 def build(cfg: "ModelConfig", num_classes: int) -> nn.Module:
     """``num_classes`` counts the background (K + 1)."""
+    extra: dict[str, Any] = {}
+    if cfg.center_sampling_radius is not None:
+        if not cfg.name.startswith("fcos"):
+            raise ConfigError(f"model.center_sampling_radius: only FCOS models take it; remove it for {cfg.name}")
+        extra["center_sampling_radius"] = cfg.center_sampling_radius
     if cfg.name == "fcos_light":
         light = {k: getattr(cfg, k) for k in LIGHT_FIELDS if getattr(cfg, k) is not None}
         sizes = {"min_size": cfg.min_size or 320, "max_size": cfg.max_size or cfg.min_size or 320}
-        model = fcos_light(num_classes, **light, **sizes, **_threshold_kwargs("dense", cfg))
+        model = fcos_light(num_classes, **light, **sizes, **_threshold_kwargs("dense", cfg), **extra)
     else:
         used = [k for k in LIGHT_FIELDS if getattr(cfg, k) is not None]
         if used:
@@ -154,13 +188,43 @@ def build(cfg: "ModelConfig", num_classes: int) -> nn.Module:
         family = TORCHVISION_MODELS[cfg.name]
         builder: Callable[..., nn.Module] = getattr(tvd, cfg.name)
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes,
-                        **_size_kwargs(family, cfg), **_threshold_kwargs(family, cfg))
+                        **_size_kwargs(family, cfg), **_threshold_kwargs(family, cfg), **extra)
     if cfg.weights is not None:
-        load_weights(model, cfg.weights, cfg.weights_strict)
+        load_weights(model, cfg.weights, cfg.weights_strict, cfg.weights_prefix)
+    if cfg.freeze_backbone_norm:
+        freeze_batch_norm(model.backbone)
+    if cfg.trainable_backbone_layers is not None:
+        freeze_backbone_layers(model, cfg.trainable_backbone_layers)
     return model
 
 
-def load_weights(model: nn.Module, path: Path, strict: bool) -> None:
+def freeze_batch_norm(module: nn.Module) -> None:
+    """BatchNorm2d -> FrozenBatchNorm2d in place, keeping the (loaded) statistics and affine terms."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batch_norm(child)
+
+
+def freeze_backbone_layers(model: nn.Module, trainable: int) -> None:
+    """torchvision's rule for ResNet bodies: only the last ``trainable`` of layer4..conv1 learn."""
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    stages = ["layer4", "layer3", "layer2", "layer1", "conv1"]
+    if body is None or not all(hasattr(body, s) for s in stages):
+        raise ConfigError("model.trainable_backbone_layers: only for the ResNet-50 detectors; leave it unset")
+    keep = stages[:trainable] + (["bn1"] if trainable == 5 else [])
+    for name, param in body.named_parameters():
+        if not any(name.startswith(k) for k in keep):
+            param.requires_grad_(False)
+
+
+def load_weights(model: nn.Module, path: Path, strict: bool, prefix: str = "") -> None:
     """A state_dict, or a visionkit checkpoint (its ``model`` entry); tensors only, never code."""
     path = Path(path)
     if not path.is_file():
@@ -173,6 +237,7 @@ def load_weights(model: nn.Module, path: Path, strict: bool) -> None:
         state = state["model"]
     if not isinstance(state, dict):
         raise ConfigError(f"model.weights: {path} holds a {type(state).__name__}, expected a state_dict")
+    state = {prefix + k: v for k, v in state.items()}
     own = model.state_dict()
     fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     misfit = sorted(k for k in state if k in own and k not in fits)
