@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visionkit.config import load_config, task_configs
+from visionkit.config import Config, load_config, resolved_dict, task_configs
 from visionkit.data import synth
 from visionkit.errors import ConfigError, DataError
 from visionkit_plugins.segmentation import SegmentationPlugin
@@ -83,6 +83,18 @@ def test_coco_class_subset_and_crowd(scenes, tmp_path):
     generator = np.asarray(Image.open(scenes / "masks" / "train" / ds.source.records[index]["file_name"]))
     expected = np.select([generator == 4, generator == 1], [1, 2], 0)  # star -> 1, circle -> 2, others -> 0
     assert np.array_equal(mask[~crowd], expected[~crowd])
+
+
+def test_coco_size_mismatch(scenes, tmp_path):
+    data = json.loads((scenes / "annotations" / "instances_val.json").read_text())
+    data["images"][1]["width"] = 70
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val.json").write_text(json.dumps(data))
+    shutil.copytree(scenes / "images", tmp_path / "images")
+    with pytest.raises(DataError) as exc:
+        build_dataset(DataConfig(root=tmp_path, format="coco"), "val")
+    text = one_line(exc)
+    assert "instances_val.json" in text and "70x64" in text and str(tmp_path / "images" / "val" / "val_00001.png") in text
 
 
 def test_palette_png_read_by_index(tmp_path):
@@ -233,3 +245,6 @@ def test_configs_validate(name):
     cfg, _ = load_config(path)
     sections = task_configs(cfg, SegmentationPlugin(), str(path), base=REPO)
     assert cfg.task == "segmentation" and sections.data.root.is_absolute()
+    # What the workers get: the resolved config, every field written out, validates again.
+    resolved = Config.model_validate(resolved_dict(cfg, sections))
+    assert task_configs(resolved, SegmentationPlugin(), "resolved") == sections

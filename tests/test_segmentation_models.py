@@ -18,6 +18,15 @@ from visionkit_plugins.segmentation.models import ModelConfig, UNet, build_model
 CLASSES = ["background", "a", "b"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is as fast, and never spins against other processes' threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def no_downloads(monkeypatch):
     def refuse(*args, **kwargs):
@@ -42,9 +51,17 @@ def test_models_by_name(name, aux):
 
 
 def test_unet_takes_any_size():
-    net = UNet(num_classes=4, width=8, depth=3).eval()
+    net = UNet(num_classes=4, width=8, blocks=(0, 1, 1)).eval()
     with torch.no_grad():
-        assert net(torch.rand(2, 3, 37, 50)).shape == (2, 4, 37, 50)
+        assert net(torch.rand(2, 3, 37, 50))["out"].shape == (2, 4, 37, 50)
+
+
+def test_unet_aux_head_in_training_only():
+    model = build_model(ModelConfig(aux_loss=True, width=8, blocks=[0, 1, 1]), 4)
+    out = model(torch.rand(2, 3, 40, 40))
+    assert out["aux"].shape == out["out"].shape == (2, 4, 40, 40)
+    with torch.no_grad():
+        assert set(model.eval()(torch.rand(1, 3, 40, 40))) == {"out"}
 
 
 @pytest.mark.parametrize("raw,message", [
@@ -57,18 +74,25 @@ def test_model_config_errors(raw, message):
         validate_section(ModelConfig, raw, "x.yaml", prefix="model")
 
 
+def test_resolved_config_validates_again():
+    """Workers validate the resolved config, which lists every field with its value."""
+    cfg = validate_section(ModelConfig, {"name": "fcn_resnet50", "aux_loss": True}, "x.yaml", prefix="model")
+    again = validate_section(ModelConfig, cfg.model_dump(mode="json"), "x.yaml", prefix="model")
+    assert again == cfg
+
+
 def test_local_weights_file(tmp_path):
     torch.manual_seed(1)
-    trained = build_model(ModelConfig(width=8, depth=2), 3)
+    trained = build_model(ModelConfig(width=8, blocks=[0, 1]), 3)
     torch.save({"model": trained.state_dict()}, tmp_path / "ckpt.pt")  # a visionkit checkpoint
-    loaded = build_model(ModelConfig(width=8, depth=2, weights=tmp_path / "ckpt.pt", weights_strict=True), 3)
+    loaded = build_model(ModelConfig(width=8, blocks=[0, 1], weights=tmp_path / "ckpt.pt", weights_strict=True), 3)
     for (k, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
     # Another class count: the head is skipped unless strict.
-    five = build_model(ModelConfig(width=8, depth=2, weights=tmp_path / "ckpt.pt"), 5)
+    five = build_model(ModelConfig(width=8, blocks=[0, 1], weights=tmp_path / "ckpt.pt"), 5)
     assert torch.equal(five.net.encoder[0][0][0].weight, trained.net.encoder[0][0][0].weight)
     with pytest.raises(ConfigError, match="of another shape"):
-        build_model(ModelConfig(width=8, depth=2, weights=tmp_path / "ckpt.pt", weights_strict=True), 5)
+        build_model(ModelConfig(width=8, blocks=[0, 1], weights=tmp_path / "ckpt.pt", weights_strict=True), 5)
     with pytest.raises(ConfigError, match="not found"):
         build_model(ModelConfig(weights=tmp_path / "none.pt"), 3)
 
@@ -103,7 +127,7 @@ def test_loss_parts_and_ignore():
     # A batch of ignore pixels only: a zero loss, not NaN.
     images, target = batch()
     out = build_loss(LossConfig(dice_weight=1.0), CLASSES)(model, (images, torch.full_like(target, IGNORE_INDEX)))
-    assert torch.isfinite(out.total) and float(out.parts["ce"]) == 0.0
+    assert torch.isfinite(out.total) and float(out.parts["ce"].detach()) == 0.0
 
 
 def test_dice_is_zero_for_a_perfect_prediction():
@@ -115,7 +139,7 @@ def test_dice_is_zero_for_a_perfect_prediction():
 def test_class_weights_must_match_classes():
     with pytest.raises(ConfigError, match="2 values for 3 classes"):
         build_loss(LossConfig(class_weights=[1.0, 2.0]), CLASSES)
-    out = build_loss(LossConfig(class_weights=[0.5, 1.0, 2.0]), CLASSES)(build_model(ModelConfig(width=8, depth=2), 3), batch())
+    out = build_loss(LossConfig(class_weights=[0.5, 1.0, 2.0]), CLASSES)(build_model(ModelConfig(width=8, blocks=[0, 1]), 3), batch())
     assert torch.isfinite(out.total)
 
 
@@ -123,7 +147,7 @@ def test_a_few_steps_learn():
     """The U-Net fits one batch: the loss falls and the metric follows."""
     plugin = SegmentationPlugin()
     torch.manual_seed(0)
-    model = plugin.build_model(ModelConfig(width=8, depth=2), CLASSES)
+    model = plugin.build_model(ModelConfig(width=8, blocks=[0, 1]), CLASSES)
     loss_fn = plugin.build_loss(LossConfig(dice_weight=0.5), CLASSES)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     data = batch()
@@ -133,7 +157,7 @@ def test_a_few_steps_learn():
         opt.zero_grad()
         out.total.backward()
         opt.step()
-        first = first if first is not None else float(out.total)
+        first = first if first is not None else float(out.total.detach())
     assert float(out.total) < 0.5 * first
     model.eval()
     metric = plugin.build_metric(CLASSES)
@@ -143,7 +167,7 @@ def test_a_few_steps_learn():
 
 def test_write_visuals(tmp_path):
     plugin = SegmentationPlugin()
-    model = plugin.build_model(ModelConfig(width=8, depth=2), CLASSES).eval()
+    model = plugin.build_model(ModelConfig(width=8, blocks=[0, 1]), CLASSES).eval()
     metric = SegmentationMetric(CLASSES)
     data = batch()
     metric.update(plugin.predict(model, data), data)
@@ -154,6 +178,6 @@ def test_write_visuals(tmp_path):
 
 def test_export_module_gives_logits():
     plugin = SegmentationPlugin()
-    model = plugin.build_model(ModelConfig(width=8, depth=2), CLASSES).eval()
+    model = plugin.build_model(ModelConfig(width=8, blocks=[0, 1]), CLASSES).eval()
     with torch.no_grad():
         assert plugin.export_module(model)(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)

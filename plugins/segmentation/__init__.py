@@ -44,7 +44,8 @@ class SegmentationPlugin(TaskPlugin):
     def collate(self, samples: list) -> Any:
         return collate(samples)
 
-    def build_model(self, model: ModelConfig, classes: list[str]) -> torch.nn.Module:
+    def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig | None = None) -> torch.nn.Module:
+        """Fully convolutional: any input size, so the data section changes nothing here."""
         return build_model(model, len(classes))
 
     def build_loss(self, loss: LossConfig, classes: list[str]):

@@ -56,8 +56,9 @@ class DataConfig(Section):
     classes_file: str = Field("classes.txt", description="one name per line, used when classes is not given (format: masks)")
     train_transforms: list[dict[str, Any]] = Field(default_factory=list, description="albumentations, mask-aware")
     val_transforms: list[dict[str, Any]] = Field(default_factory=list)
-    verify: bool = Field(True, description="read every mask once when the dataset is built, so bad data fails "
-                         "before training starts; false defers the same checks to the first read")
+    verify: bool = Field(True, description="check every sample when the dataset is built (mask PNGs decoded; COCO: "
+                         "image sizes against the JSON), so bad data fails before training starts; false "
+                         "leaves the same checks to each sample's first read")
     on_corrupt: Literal["error", "skip"] = "error"
 
     @field_validator("classes")
@@ -164,6 +165,9 @@ class MaskFolder:
     def mask(self, i: int) -> np.ndarray:
         return load_mask(self.masks[i])
 
+    def verify(self, i: int, num_classes: int) -> None:
+        check_mask(self.mask(i), self.name(i), image_size(self.images[i]), self.images[i], num_classes)
+
     def keep(self, indices: list[int]) -> None:
         self.images = [self.images[i] for i in indices]
         self.masks = [self.masks[i] for i in indices]
@@ -237,6 +241,13 @@ class CocoMasks:
             mask[self.coco.annToMask(ann).astype(bool)] = value
         return mask
 
+    def verify(self, i: int, num_classes: int) -> None:
+        """Rendered masks hold only valid indices; what can be wrong is the recorded size."""
+        rec, size = self.records[i], image_size(self.images[i])
+        if (rec["width"], rec["height"]) != size:
+            raise DataError(f"{self.name(i)}: the file gives the image as {rec['width']}x{rec['height']} pixels "
+                            f"but {self.images[i]} is {size[0]}x{size[1]}")
+
     def keep(self, indices: list[int]) -> None:
         self.records = [self.records[i] for i in indices]
         self.images = [self.images[i] for i in indices]
@@ -291,10 +302,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 def verify(dataset: SegmentationDataset) -> None:
-    """Every mask read and checked against its image's size (read from the header only)."""
-    source, n = dataset.source, len(dataset.classes)
-    for i in range(len(source)):
-        check_mask(source.mask(i), source.name(i), image_size(source.images[i]), source.images[i], n)
+    """Every sample checked once: mask values, and mask size against the image's header."""
+    for i in range(len(dataset)):
+        dataset.source.verify(i, len(dataset.classes))
 
 
 def _drop_corrupt(source, where: str) -> None:
@@ -318,7 +328,7 @@ def build_dataset(cfg: DataConfig, split: str) -> SegmentationDataset:
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     name = cfg.train_split if split == "train" else cfg.val_split
-    sub = lambda template: cfg.root / template.format(split=name)  # noqa: E731
+    sub = lambda template: cfg.root / template.replace("{split}", name)  # noqa: E731
     if not cfg.root.is_dir():
         raise DataError(f"{cfg.root}: data.root folder not found")
     if cfg.format == "masks":

@@ -10,7 +10,7 @@ pretrained weights come only from local files (``model.weights``, ``model.weight
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,35 +31,39 @@ TORCHVISION = {
     "fcn_resnet50": True,
     "lraspp_mobilenet_v3_large": False,
 }
-UNET_ONLY = ("width", "depth", "max_width", "stem_stride")
+UNET_ONLY = ("width", "blocks", "max_width")
 
 
 class ModelConfig(Section):
     name: Literal["unet", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101",
                   "fcn_resnet50", "lraspp_mobilenet_v3_large"] = "unet"
-    aux_loss: bool = Field(False, description="train the auxiliary head too (deeplabv3_*, fcn_resnet50)")
+    aux_loss: bool = Field(False, description="train an auxiliary head on deep features too (unet, deeplabv3_*, "
+                           "fcn_resnet50); used in training only")
     weights: Optional[Path] = Field(None, description="a local state dict (or visionkit checkpoint) to start from")
     weights_backbone: Optional[Path] = Field(None, description="a local ImageNet classifier state dict for the "
                                              "backbone of a torchvision model (e.g. torchvision's resnet50 file)")
     weights_strict: bool = Field(False, description="false: load the tensors whose name and shape match (a "
                                  "head for other classes is skipped); true: every tensor must match")
-    width: int = Field(16, ge=4, le=256, description="unet: channels after the stem, doubled per level")
-    depth: int = Field(4, ge=1, le=6, description="unet: downsamplings after the stem")
+    width: int = Field(16, ge=4, le=256, description="unet: channels of the first level, doubled per level")
+    blocks: list[int] = Field([1, 1, 2, 2, 2], min_length=1, max_length=7,
+                              description="unet: residual blocks per level; each level halves the resolution")
     max_width: int = Field(256, ge=4, description="unet: channel cap for the deepest levels")
-    stem_stride: Literal[1, 2] = Field(2, description="unet: 2 runs the encoder from half resolution")
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
     @model_validator(mode="after")
     def _options_fit_model(self):
         if self.name != "unet":
-            misplaced = [k for k in UNET_ONLY if k in self.model_fields_set]
+            # Compared with the defaults, not "was it set": a resolved config lists every field.
+            misplaced = [k for k in UNET_ONLY if getattr(self, k) != type(self).model_fields[k].default]
             if misplaced:
                 raise ValueError(f"{', '.join(misplaced)} only apply to name: unet, not {self.name}")
         if self.name == "unet" and self.weights_backbone is not None:
             raise ValueError("weights_backbone: the unet has no pretrained backbone; use weights")
-        if self.aux_loss and not TORCHVISION.get(self.name, False):
+        if self.aux_loss and not (self.name == "unet" or TORCHVISION[self.name]):
             raise ValueError(f"aux_loss: {self.name} has no auxiliary head")
+        if any(b < 0 for b in self.blocks):
+            raise ValueError("blocks: counts must be 0 or more")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         return self
@@ -69,45 +73,66 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class UNet(nn.Module):
-    """A compact U-Net: two 3x3 conv-BN-ReLU per level, bilinear upsampling and skip concats.
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv(channels, channels), nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(channels))
 
-    Why this for small images on CPU: the skips keep edges sharp at the native resolution,
-    where ASPP heads (DeepLabV3, LR-ASPP) predict at 1/8 and blur small objects. With
-    ``stem_stride: 2`` the encoder starts at half resolution (about 3x faster on CPU) and one
-    full-resolution conv over [upsampled features, input RGB] restores the boundaries.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class UNet(nn.Module):
+    """A compact residual U-Net for small images on CPU.
+
+    Why this shape: skip connections keep edges sharp at the native resolution, where ASPP
+    heads (DeepLabV3, LR-ASPP) predict at 1/8 and blur small objects. Each level halves the
+    resolution with a strided conv and adds ``blocks[i]`` residual blocks; depth is cheap at low
+    resolution, so that is where the blocks go (recognising a shape needs context, placing its
+    edge does not). The decoder has one conv per level, and one full-resolution conv over
+    [upsampled features, input RGB] restores boundaries the half-resolution encoder cannot see.
     Any input size works: decoder features are resized to each skip's size.
     """
 
-    def __init__(self, num_classes: int, width: int = 16, depth: int = 4, max_width: int = 256, stem_stride: int = 2):
+    def __init__(self, num_classes: int, width: int = 16, blocks: Sequence[int] = (1, 1, 2, 2, 2), max_width: int = 256,
+                 aux: bool = False):
         super().__init__()
-        widths = [min(width * 2**i, max_width) for i in range(depth + 1)]
+        widths = [min(width * 2**i, max_width) for i in range(len(blocks))]
         self.encoder = nn.ModuleList()
         cin = 3
-        for i, c in enumerate(widths):
-            stride = stem_stride if i == 0 else 2
-            self.encoder.append(nn.Sequential(_conv(cin, c, stride), _conv(c, c)))
+        for c, n in zip(widths, blocks):
+            self.encoder.append(nn.Sequential(_conv(cin, c, stride=2), *(ResidualBlock(c) for _ in range(n))))
             cin = c
-        self.decoder = nn.ModuleList(
-            nn.Sequential(_conv(widths[i] + widths[i - 1], widths[i - 1]), _conv(widths[i - 1], widths[i - 1]))
-            for i in range(depth, 0, -1))
-        self.refine = _conv(widths[0] + 3, widths[0]) if stem_stride > 1 else None
+        self.decoder = nn.ModuleList(_conv(widths[i] + widths[i - 1], widths[i - 1]) for i in range(len(widths) - 1, 0, -1))
+        self.refine = _conv(widths[0] + 3, widths[0])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
+        # Deep supervision: a class map straight from the first decoder level (the deepest two
+        # levels merged) gives the context path its own gradient, instead of only what leaks
+        # past the skips, which fit foreground/background long before the classes.
+        deep = widths[-2] if len(widths) > 1 else widths[0]
+        self.aux_head = nn.Conv2d(deep, num_classes, 1) if aux else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         inp, skips = x, []
-        for block in self.encoder:
-            x = block(x)
+        for level in self.encoder:
+            x = level(x)
             skips.append(x)
         x = skips.pop()
-        for block in self.decoder:
+        aux = None
+        for k, block in enumerate(self.decoder):
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], 1))
-        if self.refine is not None:
-            x = F.interpolate(x, size=inp.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.refine(torch.cat([x, inp], 1))
-        return self.head(x)
+            if k == 0 and self.aux_head is not None and self.training:
+                aux = self.aux_head(x)
+        if aux is None and self.aux_head is not None and self.training:  # one level: no decoder
+            aux = self.aux_head(x)
+        x = F.interpolate(x, size=inp.shape[-2:], mode="bilinear", align_corners=False)
+        out = {"out": self.head(self.refine(torch.cat([x, inp], 1)))}
+        if aux is not None:
+            out["aux"] = F.interpolate(aux, size=inp.shape[-2:], mode="bilinear", align_corners=False)
+        return out
 
 
 class Segmenter(nn.Module):
@@ -180,7 +205,7 @@ def load_weights(module: nn.Module, path: Path, strict: bool, field: str = "weig
 
 def build_model(cfg: ModelConfig, num_classes: int) -> Segmenter:
     if cfg.name == "unet":
-        net = UNet(num_classes, cfg.width, cfg.depth, cfg.max_width, cfg.stem_stride)
+        net = UNet(num_classes, cfg.width, cfg.blocks, cfg.max_width, aux=cfg.aux_loss)
     else:
         net = _torchvision_model(cfg.name, num_classes, cfg.aux_loss)
     if cfg.weights_backbone is not None:

@@ -81,7 +81,9 @@ def plot_per_class_iou(result: dict[str, Any], classes: list[str], path: Path) -
     ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center", fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("IoU")
-    ax.set_title("per-class IoU (n/a: absent from ground truth and prediction)", fontsize=9)
+    ax.set_title("per-class IoU", fontsize=9)
+    if None in ious:
+        fig.text(0.01, 0.01, "n/a: in neither ground truth nor prediction (left out of mIoU)", fontsize=7)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
