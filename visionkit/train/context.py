@@ -43,6 +43,9 @@ class LocalWorker:
     def all_gather(self, obj: Any) -> list[Any]:
         return [obj]
 
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        pass
+
     def report(self, metrics: dict[str, Any], state_file: Optional[Path]) -> None:
         pass
 
@@ -103,6 +106,13 @@ class RayWorker(LocalWorker):
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def sync_buffers(self, model):
+        """Rank 0's BatchNorm statistics everywhere: after its last local batch each worker's
+        differ, and the evaluated model must be the one rank 0 saves."""
+        if self.world_size > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
 
     def report(self, metrics, state_file):
         """A barrier on every worker; rank 0 hands Ray the checkpoint for failure recovery."""

@@ -198,6 +198,7 @@ def train_worker(job: dict[str, Any], ctx) -> None:
         metric = None
         if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
             metric = task.plugin.build_metric(classes)
+            ctx.sync_buffers(unwrap(model))
             result = evaluate(unwrap(model), val_loader, task, metric, ctx)
             row.update({f"val/{k}": v for k, v in scalars(result).items()})
             value = float(result[metric.primary])
@@ -210,7 +211,8 @@ def train_worker(job: dict[str, Any], ctx) -> None:
 
         state_file = None
         if ctx.rank == 0:
-            log.epoch(row, result)
+            # Plots cost seconds while the other workers wait: every 5th epoch and the last.
+            log.epoch(row, result, plot=(epoch + 1) % 5 == 0 or epoch + 1 == t.epochs)
             state_file = save_checkpoint(run_dir, task, classes, unwrap(model), optimizer, scheduler, scaler, epoch, best,
                                          is_best=result is not None and best["epoch"] == epoch)
             if result is not None and best["epoch"] == epoch:

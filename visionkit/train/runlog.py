@@ -47,7 +47,7 @@ class RunLog:
         # purge_step drops events a crashed attempt logged past the checkpoint.
         self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=last_epoch + 1)
 
-    def epoch(self, row: dict[str, Any], result: dict[str, Any] | None) -> None:
+    def epoch(self, row: dict[str, Any], result: dict[str, Any] | None, plot: bool = True) -> None:
         self.rows.append(row)
         with open(self.run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -57,7 +57,8 @@ class RunLog:
         self.tb.flush()
         if result is not None:
             atomic_write_text(self.run_dir / "eval_last.json", json.dumps({"epoch": row["epoch"], **result}))
-        self.plot_curves()
+        if plot:
+            self.plot_curves()
 
     def best(self, result: dict[str, Any], epoch: int, primary: str) -> None:
         atomic_write_text(self.run_dir / "eval_best.json", json.dumps({"epoch": epoch, "primary": primary, **result}))
