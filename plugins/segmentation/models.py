@@ -9,6 +9,7 @@ pretrained weights come only from local files (``model.weights``, ``model.weight
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -31,7 +32,7 @@ TORCHVISION = {
     "fcn_resnet50": True,
     "lraspp_mobilenet_v3_large": False,
 }
-UNET_ONLY = ("width", "blocks", "max_width")
+UNET_ONLY = ("width", "blocks", "max_width", "norm")
 
 
 class ModelConfig(Section):
@@ -48,6 +49,7 @@ class ModelConfig(Section):
     blocks: list[int] = Field([1, 1, 2, 2, 2], min_length=1, max_length=7,
                               description="unet: residual blocks per level; each level halves the resolution")
     max_width: int = Field(256, ge=4, description="unet: channel cap for the deepest levels")
+    norm: Literal["batch", "group"] = Field("batch", description="unet: BatchNorm, or GroupNorm for small per-worker batches")
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -69,15 +71,23 @@ class ModelConfig(Section):
         return self
 
 
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def _norm(kind: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm (groups of 4+ channels) whose statistics do not depend on the batch:
+    BatchNorm over a few small images per worker (DDP does not sync it) estimates them badly."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(math.gcd(channels, 8) if channels >= 32 else max(1, channels // 4), channels)
+
+
+def _conv(cin: int, cout: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _norm(norm, cout), nn.ReLU(inplace=True))
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm: str = "batch"):
         super().__init__()
-        self.body = nn.Sequential(_conv(channels, channels), nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(_conv(channels, channels, norm=norm), nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                                  _norm(norm, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.body(x))
@@ -96,16 +106,17 @@ class UNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, width: int = 16, blocks: Sequence[int] = (1, 1, 2, 2, 2), max_width: int = 256,
-                 aux: bool = False):
+                 aux: bool = False, norm: str = "batch"):
         super().__init__()
         widths = [min(width * 2**i, max_width) for i in range(len(blocks))]
         self.encoder = nn.ModuleList()
         cin = 3
         for c, n in zip(widths, blocks):
-            self.encoder.append(nn.Sequential(_conv(cin, c, stride=2), *(ResidualBlock(c) for _ in range(n))))
+            self.encoder.append(nn.Sequential(_conv(cin, c, 2, norm), *(ResidualBlock(c, norm) for _ in range(n))))
             cin = c
-        self.decoder = nn.ModuleList(_conv(widths[i] + widths[i - 1], widths[i - 1]) for i in range(len(widths) - 1, 0, -1))
-        self.refine = _conv(widths[0] + 3, widths[0])
+        self.decoder = nn.ModuleList(_conv(widths[i] + widths[i - 1], widths[i - 1], norm=norm)
+                                     for i in range(len(widths) - 1, 0, -1))
+        self.refine = _conv(widths[0] + 3, widths[0], norm=norm)
         self.head = nn.Conv2d(widths[0], num_classes, 1)
         # Deep supervision: a class map straight from the first decoder level (the deepest two
         # levels merged) gives the context path its own gradient, instead of only what leaks
@@ -205,7 +216,7 @@ def load_weights(module: nn.Module, path: Path, strict: bool, field: str = "weig
 
 def build_model(cfg: ModelConfig, num_classes: int) -> Segmenter:
     if cfg.name == "unet":
-        net = UNet(num_classes, cfg.width, cfg.blocks, cfg.max_width, aux=cfg.aux_loss)
+        net = UNet(num_classes, cfg.width, cfg.blocks, cfg.max_width, aux=cfg.aux_loss, norm=cfg.norm)
     else:
         net = _torchvision_model(cfg.name, num_classes, cfg.aux_loss)
     if cfg.weights_backbone is not None:
