@@ -11,7 +11,7 @@ from visionkit.config import validate_section
 from visionkit.errors import ConfigError
 from visionkit_plugins.segmentation import SegmentationPlugin
 from visionkit_plugins.segmentation.data import IGNORE_INDEX
-from visionkit_plugins.segmentation.loss import LossConfig, build_loss, dice_loss
+from visionkit_plugins.segmentation.loss import LossConfig, build_loss, dice_loss, presence_loss
 from visionkit_plugins.segmentation.metric import SegmentationMetric
 from visionkit_plugins.segmentation.models import ModelConfig, UNet, build_model
 
@@ -134,6 +134,17 @@ def test_loss_parts_and_ignore():
     images, target = batch()
     out = build_loss(LossConfig(dice_weight=1.0), CLASSES)(model, (images, torch.full_like(target, IGNORE_INDEX)))
     assert torch.isfinite(out.total) and float(out.parts["ce"].detach()) == 0.0
+
+
+def test_presence_loss_targets_the_classes_in_each_image():
+    _, target = batch()  # image 0 holds classes 0 and 1; image 1 also 2; row 0 is ignore
+    confident = torch.tensor([[9.0, 9.0, -9.0], [9.0, 9.0, 9.0]])
+    assert float(presence_loss(confident, target)) < 1e-3
+    assert float(presence_loss(-confident, target)) > 5
+    model = build_model(ModelConfig(width=8, blocks=[0, 1], presence_loss=True), 3)
+    out = build_loss(LossConfig(presence_weight=0.2), CLASSES)(model, batch())
+    assert set(out.parts) == {"ce", "presence"}
+    assert torch.allclose(out.total, out.parts["ce"] + 0.2 * out.parts["presence"])
 
 
 def test_dice_is_zero_for_a_perfect_prediction():

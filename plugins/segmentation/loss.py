@@ -1,7 +1,7 @@
 """Loss: pixel cross-entropy (ignore pixels excluded), plus the auxiliary head's and optional Dice.
 
-``total = ce_weight * ce + aux_weight * aux + dice_weight * dice``; the parts are logged
-unweighted. Dice optimises region overlap directly, which helps small classes that
+``total = ce_weight * ce + aux_weight * aux + presence_weight * presence + dice_weight * dice``;
+the parts are logged unweighted. Dice optimises region overlap directly, which helps small classes that
 cross-entropy, dominated by background pixels, under-serves.
 """
 
@@ -24,6 +24,7 @@ class LossConfig(Section):
     class_weights: Optional[list[float]] = Field(None, description="cross-entropy weight per class, in class order")
     aux_weight: float = Field(0.5, ge=0, description="for models built with aux_loss (torchvision's reference: 0.5)")
     dice_weight: float = Field(0.0, ge=0)
+    presence_weight: float = Field(0.2, ge=0, description="for models built with presence_loss (EncNet: 0.2)")
     dice_smooth: float = Field(1.0, gt=0)
 
 
@@ -51,6 +52,16 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float) -> torc
     return 1 - ((2 * inter + smooth) / (denom + smooth)).mean()
 
 
+def presence_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on which classes each image holds (ignore pixels left out)."""
+    num_classes = logits.shape[1]
+    present = torch.zeros_like(logits)
+    for k in range(target.shape[0]):
+        labels = target[k][target[k] != IGNORE_INDEX].unique()
+        present[k, labels[labels < num_classes]] = 1
+    return F.binary_cross_entropy_with_logits(logits, present)
+
+
 def build_loss(cfg: LossConfig, classes: list[str]):
     weight = None
     if cfg.class_weights is not None:
@@ -69,6 +80,9 @@ def build_loss(cfg: LossConfig, classes: list[str]):
         if "aux" in outputs:
             parts["aux"] = cross_entropy(outputs["aux"].float(), target, w)
             total = total + cfg.aux_weight * parts["aux"]
+        if "presence" in outputs:
+            parts["presence"] = presence_loss(outputs["presence"].float(), target)
+            total = total + cfg.presence_weight * parts["presence"]
         if cfg.dice_weight > 0:
             parts["dice"] = dice_loss(logits, target, cfg.dice_smooth)
             total = total + cfg.dice_weight * parts["dice"]

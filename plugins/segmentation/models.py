@@ -32,7 +32,7 @@ TORCHVISION = {
     "fcn_resnet50": True,
     "lraspp_mobilenet_v3_large": False,
 }
-UNET_ONLY = ("width", "blocks", "max_width", "norm")
+UNET_ONLY = ("width", "blocks", "max_width", "norm", "presence_loss")
 
 
 class ModelConfig(Section):
@@ -49,6 +49,8 @@ class ModelConfig(Section):
     blocks: list[int] = Field([1, 1, 2, 2, 2], min_length=1, max_length=7,
                               description="unet: residual blocks per level; each level halves the resolution")
     max_width: int = Field(256, ge=4, description="unet: channel cap for the deepest levels")
+    presence_loss: bool = Field(False, description="unet: also predict which classes an image holds (EncNet's "
+                                "semantic-encoding loss; weighted by loss.presence_weight), in training only")
     norm: Literal["batch", "group"] = Field("batch", description="unet: BatchNorm, or GroupNorm for small per-worker batches")
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -106,7 +108,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, width: int = 16, blocks: Sequence[int] = (1, 1, 2, 2, 2), max_width: int = 256,
-                 aux: bool = False, norm: str = "batch"):
+                 aux: bool = False, norm: str = "batch", presence: bool = False):
         super().__init__()
         widths = [min(width * 2**i, max_width) for i in range(len(blocks))]
         self.encoder = nn.ModuleList()
@@ -123,6 +125,10 @@ class UNet(nn.Module):
         # past the skips, which fit foreground/background long before the classes.
         deep = widths[-2] if len(widths) > 1 else widths[0]
         self.aux_head = nn.Conv2d(deep, num_classes, 1) if aux else None
+        # EncNet's semantic-encoding loss (Zhang et al. 2018): which classes are in the image,
+        # from the pooled deepest features. A clean per-image signal, like a classifier's, that
+        # teaches the context path the classes before per-pixel boundaries are right.
+        self.presence_head = nn.Linear(widths[-1], num_classes) if presence else None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         inp, skips = x, []
@@ -130,6 +136,7 @@ class UNet(nn.Module):
             x = level(x)
             skips.append(x)
         x = skips.pop()
+        presence = self.presence_head(x.mean((2, 3))) if self.presence_head is not None and self.training else None
         aux = None
         for k, block in enumerate(self.decoder):
             skip = skips.pop()
@@ -143,6 +150,8 @@ class UNet(nn.Module):
         out = {"out": self.head(self.refine(torch.cat([x, inp], 1)))}
         if aux is not None:
             out["aux"] = F.interpolate(aux, size=inp.shape[-2:], mode="bilinear", align_corners=False)
+        if presence is not None:
+            out["presence"] = presence
         return out
 
 
@@ -216,7 +225,8 @@ def load_weights(module: nn.Module, path: Path, strict: bool, field: str = "weig
 
 def build_model(cfg: ModelConfig, num_classes: int) -> Segmenter:
     if cfg.name == "unet":
-        net = UNet(num_classes, cfg.width, cfg.blocks, cfg.max_width, aux=cfg.aux_loss, norm=cfg.norm)
+        net = UNet(num_classes, cfg.width, cfg.blocks, cfg.max_width, aux=cfg.aux_loss, norm=cfg.norm,
+                   presence=cfg.presence_loss)
     else:
         net = _torchvision_model(cfg.name, num_classes, cfg.aux_loss)
     if cfg.weights_backbone is not None:
