@@ -62,6 +62,9 @@ class RayWorker(LocalWorker):
         import ray.train
         import ray.train.torch
 
+        from .raylogs import quiet
+
+        quiet()
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()

@@ -50,7 +50,8 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
     else:
         # An embedded single-node Ray sized to this machine, quiet and small.
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 object_store_memory=256 * 1024**2, logging_level=logging.WARNING)
+                 object_store_memory=256 * 1024**2, logging_level=logging.WARNING,
+                 runtime_env={"worker_process_setup_hook": "visionkit.train.raylogs.quiet"})
 
 
 def _user_error_in(exc: BaseException | None) -> UserError | None:
