@@ -14,22 +14,20 @@ size.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import OrderedDict
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
 from visionkit.errors import ConfigError
+from visionkit.weights import load_weights
 
 if TYPE_CHECKING:
     from .config import ModelConfig
 
-log = logging.getLogger("visionkit.detection")
 
 # name -> family; the family says which keyword names a builder takes for thresholds and sizes.
 TORCHVISION_MODELS = {
@@ -190,7 +188,7 @@ def build(cfg: "ModelConfig", num_classes: int) -> nn.Module:
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes,
                         **_size_kwargs(family, cfg), **_threshold_kwargs(family, cfg), **extra)
     if cfg.weights is not None:
-        load_weights(model, cfg.weights, cfg.weights_strict, cfg.weights_prefix)
+        load_weights(model, cfg.weights, cfg.weights_strict, add_prefix=cfg.weights_prefix)
     if cfg.freeze_backbone_norm:
         freeze_batch_norm(model.backbone)
     if cfg.trainable_backbone_layers is not None:
@@ -222,33 +220,3 @@ def freeze_backbone_layers(model: nn.Module, trainable: int) -> None:
     for name, param in body.named_parameters():
         if not any(name.startswith(k) for k in keep):
             param.requires_grad_(False)
-
-
-def load_weights(model: nn.Module, path: Path, strict: bool, prefix: str = "") -> None:
-    """A state_dict, or a visionkit checkpoint (its ``model`` entry); tensors only, never code."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model.weights: {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"model.weights: {path} is not a loadable weights file ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ConfigError(f"model.weights: {path} holds a {type(state).__name__}, expected a state_dict")
-    state = {prefix + k: v for k, v in state.items()}
-    own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    misfit = sorted(k for k in state if k in own and k not in fits)
-    unexpected = sorted(k for k in state if k not in own)
-    missing = sorted(k for k in own if k not in state)
-    if strict and (misfit or unexpected or missing):
-        first = (misfit or unexpected or missing)[0]
-        kind = "shape differs" if misfit else ("not in the model" if unexpected else "missing from the file")
-        raise ConfigError(f"model.weights: {path} does not fit {model.__class__.__name__}: {first!r} {kind} "
-                          f"({len(misfit)} shape mismatches, {len(unexpected)} unexpected, {len(missing)} missing); "
-                          "set model.weights_strict: false to load what fits")
-    model.load_state_dict(fits, strict=False)
-    (log.info if len(fits) == len(own) else log.warning)("model.weights: loaded %d of %d tensors from %s (%d shape mismatches, %d unexpected, %d left initialised)",
-                len(fits), len(own), path, len(misfit), len(unexpected), len(own) - len(fits))

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from visionkit.errors import ConfigError
 from visionkit.plugin import Section
+from visionkit.weights import load_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,51 +178,6 @@ def _torchvision_model(name: str, num_classes: int, aux_loss: bool) -> nn.Module
     return builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
 
 
-def _read_state(path: Path, field: str) -> dict[str, torch.Tensor]:
-    """Tensors only (``weights_only=True``): a weights file can never run code."""
-    if not path.is_file():
-        raise ConfigError(f"model.{field}: {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"model.{field}: {path} is not a readable weights file ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a visionkit checkpoint
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"model.{field}: {path} is not a state dict of tensors")
-    return state
-
-
-def load_weights(module: nn.Module, path: Path, strict: bool, field: str = "weights",
-                 prefixes: tuple[str, ...] = ("", "net.")) -> None:
-    """Loads a state dict, its keys taken under whichever of ``prefixes`` matches most."""
-    state = _read_state(path, field)
-    own = module.state_dict()
-
-    def under(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-    state = max((under(p) for p in prefixes), key=lambda s: sum(k in own and own[k].shape == v.shape for k, v in s.items()))
-    if strict:
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
-            if keys:
-                raise ConfigError(f"model.{field}: {path}: {len(keys)} tensor(s) {what}, e.g. {keys[0]!r} "
-                                  "(set model.weights_strict: false to load only what matches)")
-        module.load_state_dict(state)
-        return
-    match = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not match:
-        raise ConfigError(f"model.{field}: {path}: no tensor matches this model by name and shape")
-    module.load_state_dict(match, strict=False)
-    kept = len(own) - len(match)
-    if kept:
-        print(f"[visionkit] model.{field}: loaded {len(match)} tensors from {path}; {kept} kept their "
-              "initial values (not in the file, or of another shape)", flush=True)
-
-
 def build_model(cfg: ModelConfig, num_classes: int) -> Segmenter:
     if cfg.name == "unet":
         net = UNet(num_classes, cfg.width, cfg.blocks, cfg.max_width, aux=cfg.aux_loss, norm=cfg.norm,
@@ -232,7 +187,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> Segmenter:
     if cfg.weights_backbone is not None:
         # An ImageNet classifier's state dict: resnet keys as they are, mobilenet's under "features.".
         load_weights(net.backbone, cfg.weights_backbone, strict=False, field="weights_backbone",
-                     prefixes=("", "features.", "backbone."))
+                     strip_prefixes=("", "features.", "backbone."))
     if cfg.weights is not None:
-        load_weights(net, cfg.weights, cfg.weights_strict)
+        load_weights(net, cfg.weights, cfg.weights_strict, strip_prefixes=("", "net."))
     return Segmenter(net, cfg.mean, cfg.std)
