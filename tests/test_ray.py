@@ -82,3 +82,22 @@ def test_detection_trains_on_two_workers_and_evaluates_like_one_process(ray_clus
     two = launch.evaluate(str(run), [], workers=2, output=str(tmp_path / "two.json"))
     for key in ("mAP", "mAP50", "mAP75"):
         assert one[key] == two[key], key
+
+
+def test_segmentation_trains_on_two_workers_and_evaluates_like_one_process(ray_cluster, tmp_path):
+    """CI-sized: a few segmentation steps through Ray; mIoU from summed confusion matrices is exact."""
+    from visionkit.data import synth
+
+    root = synth.scenes(tmp_path / "scenes", num_train=16, num_val=6, size=64, seed=6)
+    run = launch.train(str(REPO / "configs" / "segmentation" / "shapes.yaml"), [
+        f"data.root={root}", "train.epochs=1", "train.batch_size=4", "train.progress=false",
+        f"output.storage_path={tmp_path}", "output.name=seg"])
+    row = read_metrics(run)[0]
+    assert {"train/ce", "train/dice", "val/mIoU", "val/pixel_acc"} <= set(row)
+    assert list((run / "plots").glob("*.png")), "no overlays or curves were drawn"
+    one = launch.evaluate(str(run), [], workers=0, output=str(tmp_path / "one.json"))
+    two = launch.evaluate(str(run), [], workers=2, output=str(tmp_path / "two.json"))
+    assert one["confusion"] == two["confusion"]
+    assert sum(map(sum, one["confusion"])) == 6 * 64 * 64  # every pixel of every image once
+    for key in ("mIoU", "pixel_acc", "mAcc"):
+        assert one[key] == two[key], key
