@@ -325,6 +325,9 @@ def final_summary(run, seconds: float) -> str:
 
 
 def find_checkpoint(target: str) -> Path:
+    if is_remote(target):
+        raise UserError(f"{target}: evaluate a local copy: download RUN/checkpoints/best.pt from the store first "
+                        "(e.g. aws s3 cp ... best.pt) and give that file")
     path = Path(target)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
