@@ -192,9 +192,11 @@ def _note_storage(run) -> None:
 
 
 def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], max_failures: int) -> None:
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    started_here = not ray.is_initialized()
     init_ray(address)
     if "run_dir" in job:
         _note_storage(run)
@@ -223,7 +225,11 @@ def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], m
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        _raise_worker_failure(exc, run if "run_dir" in job else None, cfg)
+        try:
+            _raise_worker_failure(exc, run if "run_dir" in job else None, cfg)
+        finally:
+            if started_here:
+                ray.shutdown()  # stops forwarding the workers' logs: the error stays the last line
 
 
 def _override(overrides: list[str], key: str) -> Optional[str]:
