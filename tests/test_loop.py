@@ -153,3 +153,19 @@ def test_eval_cli_prints_metrics_and_names_bad_targets(shapes_cls, tmp_path):
     proc = run_cli("eval", str(tmp_path / "junk.pt"))
     assert proc.returncode == 2 and "junk.pt: not a readable visionkit checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_debug_local_runs_the_loop_here_and_raises_with_the_traceback(shapes_cls, tmp_path, capsys):
+    """`--debug-local` whatever the config says: no Ray workers, no DataLoader processes, and a
+    plugin author's error comes out as the exception itself (a debugger stops at it)."""
+    from visionkit import cli
+    from visionkit.errors import DataError
+
+    args = cls_overrides(shapes_cls, tmp_path, "dbg", **{"train.epochs": 1, "ray.num_workers": 4, "train.loader_workers": 2})
+    assert cli.main(["train", CONFIG, *args, "--debug-local"]) == 0
+    out = capsys.readouterr().out
+    assert "training in this process" in out and "finished 1 epoch(s)" in out
+    saved = (tmp_path / "dbg" / "config.yaml").read_text()
+    assert "num_workers: 0" in saved and "loader_workers: 0" in saved
+    with pytest.raises(DataError):
+        cli.main(["train", CONFIG, *cls_overrides(tmp_path / "missing", tmp_path, "dbg2"), "--debug-local"])

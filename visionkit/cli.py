@@ -23,6 +23,14 @@ def _cmd_train(args) -> int:
         config = None
     elif args.resume and config:
         raise UserError("train: give either a CONFIG file or --resume RUN_DIR, not both")
+    if args.debug_local:
+        if args.address:
+            raise UserError("train: --debug-local runs in this process; it takes no --address")
+        # Last, so they win: one process, DataLoader included, so a breakpoint anywhere stops.
+        overrides += ["ray.num_workers=0", "train.loader_workers=0"]
+        args.debug = True
+        print("[visionkit] --debug-local: the training loop runs in this process (ray.num_workers=0, "
+              "train.loader_workers=0); errors show their traceback", flush=True)
     train(config, overrides, resume=args.resume, address=args.address)
     return 0
 
@@ -102,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a YAML config (on Ray workers)")
     p.add_argument("config", nargs="?", help="configs/<task>/<name>.yaml")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped run from its last checkpoint (a directory, or s3://bucket/prefix/RUN)")
+    p.add_argument("--address", help="Ray cluster address, HOST:PORT of the head (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--debug-local", action="store_true",
+                   help="run the loop in this process, without Ray workers: tracebacks and breakpoints work")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's best checkpoint (or a .pt file) and write JSON")

@@ -56,12 +56,15 @@ class RayConfig(Section):
     resources_per_worker: dict[str, float] = {"CPU": 1.0}
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = Field(0, ge=-1)
+    placement_timeout_s: Optional[float] = Field(
+        300, gt=0, description="wait this long for room for every worker (at start, after a failure); null: forever")
     address: Optional[str] = None
 
 
 class OutputConfig(Section):
-    storage_path: str = "runs"
+    storage_path: str = Field("runs", description="a directory (shared by all nodes on a cluster) or s3://bucket/prefix")
     name: Optional[str] = None
+    s3_endpoint: Optional[str] = Field(None, description="an S3-compatible store, e.g. http://minio:9000")
 
 
 class Config(Section):
@@ -113,17 +116,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, label: Optional[str] = None) -> dict[str, Any]:
+    """``label`` names the file in messages when ``path`` is a local copy of it."""
+    label = label or str(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{label}: config file not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{label}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{label}: expected a mapping of sections at the top level")
     return raw
 
 
@@ -174,11 +179,11 @@ def _resolve_paths(section: BaseModel, base: Path) -> None:
             _resolve_paths(value, base)
 
 
-def load_config(path: Path | str, overrides: list[str] = ()) -> tuple[Config, dict[str, Any]]:
+def load_config(path: Path | str, overrides: list[str] = (), label: Optional[str] = None) -> tuple[Config, dict[str, Any]]:
     """Returns the validated core config and the raw resolved dict (to save and to ship)."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), list(overrides))
-    source = str(path) + (" (with command-line overrides)" if overrides else "")
+    raw = apply_overrides(read_yaml(path, label), list(overrides))
+    source = (label or str(path)) + (" (with command-line overrides)" if overrides else "")
     cfg = validate_section(Config, raw, source)
     return cfg, raw
 

@@ -21,3 +21,10 @@ class DataError(UserError):
 
 class PluginError(UserError):
     pass
+
+
+class ClusterError(UserError):
+    """The cluster could not run the job (a lost node, no room for the workers): one line saying
+    what is missing and how to resume. Its own exit status, so wrappers can retry on it."""
+
+    exit_code = 3

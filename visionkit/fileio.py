@@ -31,6 +31,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda fh: fh.write(text), "w")
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda fh: fh.write(data), "wb")
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 

@@ -6,6 +6,8 @@ in-process for debugging and fast tests. Everything Ray-specific stays in :class
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -14,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..fileio import load_checkpoint
+from ..storage import download, is_remote
 
 STATE_FILE = "last.pt"
 
@@ -24,9 +27,13 @@ class LocalWorker:
     rank = 0
     world_size = 1
 
-    def __init__(self, use_gpu: bool = False, resume_from: Optional[Path] = None):
+    def __init__(self, use_gpu: bool = False, resume_from: Optional[str] = None, s3_endpoint: Optional[str] = None):
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self._resume_from = resume_from
+        self._resume_from, self._s3_endpoint = resume_from, s3_endpoint
+
+    def describe(self) -> dict[str, Any]:
+        """Where this worker runs (``workers.json``)."""
+        return {"rank": self.rank, "hostname": socket.gethostname(), "pid": os.getpid(), "device": str(self.device)}
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
@@ -38,7 +45,13 @@ class LocalWorker:
         pass
 
     def restored_state(self) -> Optional[dict[str, Any]]:
-        return load_checkpoint(self._resume_from) if self._resume_from else None
+        """``--resume``'s checkpoint file: a path, or an object-store URI fetched by each worker."""
+        if not self._resume_from:
+            return None
+        if not is_remote(self._resume_from):
+            return load_checkpoint(Path(self._resume_from))
+        with tempfile.TemporaryDirectory(prefix="visionkit-resume-") as tmp:
+            return load_checkpoint(download(self._resume_from, self._s3_endpoint, Path(tmp) / "last.pt"))
 
     def all_gather(self, obj: Any) -> list[Any]:
         return [obj]
@@ -58,7 +71,7 @@ class LocalWorker:
 class RayWorker(LocalWorker):
     """A Ray Train worker: DDP model, distributed sampler, checkpoints reported to Ray."""
 
-    def __init__(self, resume_from: Optional[Path] = None):
+    def __init__(self, resume_from: Optional[str] = None, s3_endpoint: Optional[str] = None):
         import ray.train
         import ray.train.torch
 
@@ -69,7 +82,13 @@ class RayWorker(LocalWorker):
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self._resume_from = resume_from
+        self._resume_from, self._s3_endpoint = resume_from, s3_endpoint
+
+    def describe(self):
+        import ray
+
+        return {**super().describe(), "node_id": ray.get_runtime_context().get_node_id(),
+                "node_ip": ray.util.get_node_ip_address()}
 
     def prepare_model(self, model):
         import ray.train.torch

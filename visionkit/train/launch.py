@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import Config, apply_overrides, dump_yaml, load_config, resolved_dict, task_configs, validate_section
-from ..errors import ConfigError, UserError
+import yaml
+
+from ..config import Config, apply_overrides, load_config, resolved_dict, task_configs, validate_section
+from ..errors import ClusterError, ConfigError, UserError
 from ..fileio import load_checkpoint
 from ..registry import get_plugin
-from .runlog import read_metrics
+from ..storage import LocalRun, RunStore, default_endpoint, is_remote, split_run_uri
+from .runlog import METRICS_FILE, parse_metrics
 
 
 def _plugin_for(cfg: Config, source: str):
@@ -37,6 +40,25 @@ def _preflight(plugin, sections) -> None:
             raise UserError(f"data: the {split} split has no samples")
 
 
+def _check_reachable(address: str) -> None:
+    """A wrong address fails in seconds with one line, not after ray.init's long retries."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise UserError(f"--address {address}: that is the dashboard / Ray Jobs address (for `ray job submit`); "
+                        "give the cluster's GCS address, e.g. head:6379, or ray://head:10001")
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected HOST:PORT (the head's GCS, e.g. head:6379) or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                        "check the host and port, or start one with `ray start --head`") from None
+
+
 def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
     import logging
 
@@ -46,7 +68,18 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except Exception as exc:  # no token, version mismatch, a GCS that is not Ray's, ...
+            cause = exc
+            while cause is not None and type(cause).__name__ != "AuthenticationError":
+                cause = cause.__cause__
+            if cause is not None:
+                raise UserError(f"--address {address}: the cluster requires token authentication: set RAY_AUTH_MODE=token "
+                                "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token; `ray get-auth-token` on the head)") from None
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UserError(f"--address {address}: could not join the Ray cluster: {type(exc).__name__}: {first}") from None
     else:
         # An embedded single-node Ray sized to this machine, quiet and small.
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
@@ -66,23 +99,114 @@ def _user_error_in(exc: BaseException | None) -> UserError | None:
     return None
 
 
-def _raise_worker_failure(exc: BaseException, run_dir: Optional[Path]) -> None:
-    """A user mistake found on a worker is reported like one found here; a bug keeps its trace."""
-    failures = list((getattr(exc, "worker_failures", None) or {}).values())
-    for cause in failures + [getattr(exc, "controller_failure", None), exc.__cause__]:
+def _actor_died(err: BaseException | None) -> bool:
+    """The worker process is gone (killed, its node lost), as opposed to raising an error."""
+    from ray.exceptions import RayActorError
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, RayActorError):
+            return True
+        err = getattr(err, "health_check_failure", None) or err.__cause__
+    return False
+
+
+def _last_placement(run) -> list[dict[str, Any]]:
+    try:
+        return json.loads(run.read_bytes("workers.json"))["attempts"][-1]["workers"]
+    except Exception:
+        return []
+
+
+def _lost_nodes(run, failed_ranks: set[int], wait_s: float = 30.0) -> list[str]:
+    """Nodes that ran this run's workers and are gone now, as ``node 1a2b3c4d (10.0.0.7) running rank 1``.
+
+    A dead raylet is declared dead by the GCS after its health checks fail (about 15 s by
+    default), so when a worker died without its own error, wait that long for the verdict."""
+    import ray
+
+    placement = [w for w in _last_placement(run) if w.get("node_id")]
+    suspects = {w["node_id"] for w in placement if w["rank"] in failed_ranks}
+    deadline = time.time() + (wait_s if suspects else 0)
+    while True:
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        lost = sorted({w["node_id"] for w in placement} - alive)
+        if lost or time.time() >= deadline:
+            break
+        time.sleep(1)
+    out = []
+    for node in lost:
+        ranks = [w["rank"] for w in placement if w["node_id"] == node]
+        ip = next(w.get("node_ip", "?") for w in placement if w["node_id"] == node)
+        out.append(f"node {node[:8]} ({ip}) running rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}")
+    return out
+
+
+def _cluster_free() -> str:
+    import ray
+
+    free = ray.available_resources()
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(free.items()) if k in ("CPU", "GPU") or not k.startswith(("node:", "memory", "object_store")))
+
+
+def _raise_worker_failure(exc: BaseException, run, cfg: Config) -> None:
+    """A user mistake found on a worker is reported like one found here; a lost node or a
+    cluster without room says what is missing and how to resume; a bug keeps its trace."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    controller = getattr(exc, "controller_failure", None)
+    for cause in list(failures.values()) + [controller, exc.__cause__]:
         found = _user_error_in(cause)
         if found is not None:
             raise type(found)(str(found)) from None
-    hint = f"\nresume with: visionkit train --resume {run_dir}" if run_dir else ""
+    if run is None:
+        resume = ""
+    elif run.exists("checkpoints/last.pt"):
+        resume = f"resume with: visionkit train --resume {run.uri}"
+    else:
+        resume = "run it again (no epoch finished, nothing to resume)"
+    died = {rank for rank, err in failures.items() if _actor_died(err)}
+    lost = _lost_nodes(run, died) if run is not None else []
+    lost_text = "; lost " + " and ".join(lost) if lost else ""
+    if type(controller).__name__ == "WorkerGroupStartupTimeoutError":
+        r = cfg.ray
+        raise ClusterError(
+            f"the cluster has no room for {r.num_workers} worker(s) of {r.resources_per_worker} "
+            f"(waited {r.placement_timeout_s:g}s, ray.placement_timeout_s){lost_text}; free now: {_cluster_free()}. "
+            f"Add nodes or lower ray.num_workers, then {resume}") from None
+    if lost or died:
+        what = lost_text[2:] if lost else f"worker rank(s) {sorted(died)} died"
+        raise ClusterError(f"{what} and ray.max_failures ({cfg.ray.max_failures}) allows no more restarts; "
+                           f"{resume}") from None
+    hint = f"\n{resume}" if resume else ""
     raise RuntimeError(f"training failed on a worker: {exc}{hint}") from exc
 
 
-def _fit(entry, job: dict[str, Any], cfg: Config, storage: Path, name: str, address: Optional[str],
-         max_failures: int) -> None:
+def _note_storage(run) -> None:
+    """Every node writes to the run's storage: a plain directory must be shared between them."""
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1 and not run.remote:
+        print(f"[visionkit] {nodes} nodes: {run.storage_path} must be the same shared directory on each "
+              "(NFS, a shared volume), or set output.storage_path to s3://...", flush=True)
+
+
+def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], max_failures: int) -> None:
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    started_here = not ray.is_initialized()
     init_ray(address)
+    if "run_dir" in job:
+        _note_storage(run)
+    # Ray Train waits 60 s for a placement and then retries forever; a finite wait ends in a
+    # message instead of a hang (a lost node the cluster cannot replace, a request too big).
+    timeout = cfg.ray.placement_timeout_s
+    if timeout is not None:
+        os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(timeout)
+    storage_path, filesystem = run.ray_storage()
     trainer = TorchTrainer(
         entry,
         train_loop_config=job,
@@ -91,8 +215,9 @@ def _fit(entry, job: dict[str, Any], cfg: Config, storage: Path, name: str, addr
             resources_per_worker=cfg.ray.resources_per_worker,
             placement_strategy=cfg.ray.placement_strategy),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            name=run.name, storage_path=storage_path, storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(
+                max_failures=max_failures, controller_failure_limit=-1 if timeout is None else 0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             # Worker prints go straight to stdout once, not also through Ray Train's logger.
@@ -101,69 +226,115 @@ def _fit(entry, job: dict[str, Any], cfg: Config, storage: Path, name: str, addr
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        _raise_worker_failure(exc, Path(job["run_dir"]) if "run_dir" in job else None)
+        try:
+            _raise_worker_failure(exc, run if "run_dir" in job else None, cfg)
+        finally:
+            if started_here:
+                ray.shutdown()  # stops forwarding the workers' logs: the error stays the last line
+
+
+def _override(overrides: list[str], key: str) -> Optional[str]:
+    from ..config import parse_override
+
+    found = None
+    for text in overrides:
+        parts, value = parse_override(text)
+        if ".".join(parts) == key:
+            found = value
+    return found
+
+
+def _open_resumed(target: str, overrides: list[str]):
+    """The run to continue, local or in an object store, and its saved config as a file."""
+    if is_remote(target):
+        storage_path, name = split_run_uri(target)
+        endpoint = _override(overrides, "output.s3_endpoint") or default_endpoint()
+        run = RunStore(storage_path, name, endpoint)
+    else:
+        run = LocalRun(Path(target).resolve())
+    if not run.exists("config.yaml"):
+        raise UserError(f"{run.uri}: not a visionkit run directory (no config.yaml)")
+    if not run.exists("checkpoints/last.pt"):
+        raise UserError(f"{run.uri}/checkpoints/last.pt: no checkpoint to resume from (the run stopped before its first epoch ended)")
+    return run
+
+
+def _new_run(cfg: Config, source_path: Path):
+    out = cfg.output
+    name = out.name or f"{source_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if is_remote(out.storage_path):
+        out.s3_endpoint = out.s3_endpoint or default_endpoint()  # saved with the config, for every worker
+        run = RunStore(out.storage_path, name, out.s3_endpoint)
+    else:
+        if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not Path(out.storage_path).is_absolute():
+            raise ConfigError(f"output.storage_path: {out.storage_path!r} is relative and this is a Ray job: the run "
+                              "would land in the job's temporary working directory; give an absolute shared path or s3://...")
+        run = LocalRun(Path(out.storage_path).resolve() / name)
+    if run.exists("config.yaml"):
+        raise UserError(f"{run.uri}: run directory exists; continue it with --resume {run.uri} or set output.name")
+    out.storage_path, out.name = run.storage_path, name
+    return run
 
 
 def train(config_path: Optional[str], overrides: list[str], resume: Optional[str] = None,
-          address: Optional[str] = None) -> Path:
+          address: Optional[str] = None) -> Path | str:
+    """Runs (or continues) one training run; returns its directory (a URI for an object store)."""
     if resume:
-        run_dir = Path(resume).resolve()
-        source_path = run_dir / "config.yaml"
-        if not source_path.is_file():
-            raise UserError(f"{run_dir}: not a visionkit run directory (no config.yaml)")
-        resume_from = run_dir / "checkpoints" / "last.pt"
-        if not resume_from.is_file():
-            raise UserError(f"{resume_from}: no checkpoint to resume from (the run stopped before its first epoch ended)")
-        cfg, raw = load_config(source_path, overrides)
+        run = _open_resumed(resume, overrides)
+        label = f"{run.uri}/config.yaml"
+        with tempfile.TemporaryDirectory(prefix="visionkit-") as tmp:
+            saved = Path(tmp) / "config.yaml"
+            saved.write_bytes(run.read_bytes("config.yaml"))
+            cfg, raw = load_config(saved, overrides, label=label)
+        # The run may have been moved since: it continues where it is now.
+        cfg.output.storage_path, cfg.output.name = run.storage_path, run.name
+        if run.remote:
+            cfg.output.s3_endpoint = run.s3_endpoint
     else:
-        source_path = Path(config_path)
-        cfg, raw = load_config(source_path, overrides)
-    source = str(source_path) + (" (with command-line overrides)" if overrides else "")
+        label = config_path
+        cfg, raw = load_config(config_path, overrides)
+    source = label + (" (with command-line overrides)" if overrides else "")
     plugin = _plugin_for(cfg, source)
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
     _check_devices(cfg, source)
     _preflight(plugin, sections)
 
     if not resume:
-        storage = Path(cfg.output.storage_path).resolve()
-        name = cfg.output.name or f"{source_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = storage / name
-        if (run_dir / "config.yaml").exists():
-            raise UserError(f"{run_dir}: run directory exists; continue it with --resume {run_dir} or set output.name")
-        cfg.output.storage_path, cfg.output.name = str(storage), name
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run = _new_run(cfg, Path(config_path))
     resolved = resolved_dict(cfg, sections)
-    dump_yaml(resolved, run_dir / "config.yaml")
+    run.write_bytes("config.yaml", yaml.safe_dump(resolved, sort_keys=False).encode())
 
-    job = {"config": resolved, "run_dir": str(run_dir),
-           "resume_from": str(resume_from) if resume else None}
+    job = {"config": resolved, "run_dir": run.uri,
+           "resume_from": f"{run.uri}/checkpoints/last.pt" if resume else None}
     where = "in this process" if cfg.ray.num_workers == 0 else f"on {cfg.ray.num_workers} Ray worker(s)"
-    print(f"[visionkit] {cfg.task}: training {where}; run directory {run_dir}", flush=True)
+    print(f"[visionkit] {cfg.task}: training {where}; run directory {run.uri}", flush=True)
     from . import loop
 
     tic = time.perf_counter()
     if cfg.ray.num_workers == 0:
         loop.local_train(job, cfg.ray.use_gpu)
     else:
-        _fit(loop.ray_train_entry, job, cfg, run_dir.parent, run_dir.name, address or cfg.ray.address,
-             cfg.ray.max_failures)
-    print(final_summary(run_dir, time.perf_counter() - tic), flush=True)
-    return run_dir
+        _fit(loop.ray_train_entry, job, cfg, run, address or cfg.ray.address, cfg.ray.max_failures)
+    print(final_summary(run, time.perf_counter() - tic), flush=True)
+    return run.uri if run.remote else run.local
 
 
-def final_summary(run_dir: Path, seconds: float) -> str:
-    rows = read_metrics(run_dir)
-    best_path = run_dir / "eval_best.json"
+def final_summary(run, seconds: float) -> str:
+    rows = parse_metrics(run.read_bytes(METRICS_FILE).decode()) if run.exists(METRICS_FILE) else []
     lines = [f"[visionkit] finished {len(rows)} epoch(s) in {seconds:.0f}s"]
-    if best_path.exists():
-        best = json.loads(best_path.read_text())
+    if run.exists("eval_best.json"):
+        best = json.loads(run.read_bytes("eval_best.json"))
         key = best["primary"]
         lines.append(f"[visionkit] best: {key} {best[key]:.4f} at epoch {best['epoch'] + 1} (eval_best.json)")
-    lines.append(f"[visionkit] files: {run_dir}/ (config.yaml, metrics.jsonl, tensorboard/, plots/, checkpoints/best.pt, checkpoints/last.pt)")
+    lines.append(f"[visionkit] files: {run.uri}/ (config.yaml, metrics.jsonl, workers.json, tensorboard/, plots/, "
+                 "checkpoints/best.pt, checkpoints/last.pt)")
     return "\n".join(lines)
 
 
 def find_checkpoint(target: str) -> Path:
+    if is_remote(target):
+        raise UserError(f"{target}: evaluate a local copy: download RUN/checkpoints/best.pt from the store first "
+                        "(e.g. aws s3 cp ... best.pt) and give that file")
     path = Path(target)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -196,5 +367,5 @@ def evaluate(target: str, overrides: list[str], workers: int = 0, output: Option
         loop.local_eval(job, cfg.ray.use_gpu)
     else:
         with tempfile.TemporaryDirectory(prefix="visionkit-eval-") as storage:
-            _fit(loop.ray_eval_entry, job, cfg, Path(storage), "eval", address, 0)
+            _fit(loop.ray_eval_entry, job, cfg, LocalRun(Path(storage) / "eval"), address, 0)
     return json.loads(out.read_text())

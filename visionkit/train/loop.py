@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -27,6 +28,7 @@ from ..errors import UserError
 from ..fileio import atomic_torch_save, load_checkpoint
 from ..plugin import Metric, TaskPlugin
 from ..registry import get_plugin
+from ..storage import RunStore, is_remote
 from .context import LocalWorker, RayWorker
 from .optim import build_optimizer, build_scheduler
 from .runlog import RunLog, scalars
@@ -158,8 +160,18 @@ def _is_better(metric: Metric, value: float, best: Optional[float]) -> bool:
 
 
 def train_worker(job: dict[str, Any], ctx) -> None:
-    run_dir = Path(job["run_dir"])
-    task = Task(job["config"], source=str(run_dir / "config.yaml"))
+    task = Task(job["config"], source=f"{job['run_dir']}/config.yaml")
+    # An object store: rank 0 works in a local copy of the run files and uploads each epoch's.
+    store = RunStore.from_output(task.cfg.output) if is_remote(job["run_dir"]) else None
+    run_dir = store.staging_dir() if store else Path(job["run_dir"])
+    try:
+        _train(task, run_dir, store, ctx)
+    finally:
+        if store is not None and ctx.rank == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
     t = task.cfg.train
     seed_everything(t.seed, -1, ctx.rank)
 
@@ -182,12 +194,19 @@ def train_worker(job: dict[str, Any], ctx) -> None:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
-    log = RunLog(run_dir, last_epoch=start_epoch - 1) if ctx.rank == 0 else None
-    if log:
+    placement = ctx.all_gather(ctx.describe())
+    log = None
+    if ctx.rank == 0:
+        if store is not None:
+            store.pull(run_dir)
+        log = RunLog(run_dir, last_epoch=start_epoch - 1)
+        log.workers(placement, start_epoch)
         group = f", process group {torch.distributed.get_backend()}" if torch.distributed.is_initialized() else ""
         print(f"[visionkit] {ctx.world_size} worker(s) on {ctx.device.type}{group}, amp {t.amp}", flush=True)
-    if log and start_epoch:
-        print(f"[visionkit] resuming at epoch {start_epoch + 1}/{t.epochs} from the checkpoint of epoch {start_epoch}", flush=True)
+        if store is not None:
+            store.push(run_dir)  # workers.json: where this attempt runs, for the driver's failure report
+        if start_epoch:
+            print(f"[visionkit] resuming at epoch {start_epoch + 1}/{t.epochs} from the checkpoint of epoch {start_epoch}", flush=True)
 
     for epoch in range(start_epoch, t.epochs):
         seed_everything(t.seed, epoch, ctx.rank)
@@ -228,10 +247,15 @@ def train_worker(job: dict[str, Any], ctx) -> None:
             if result is not None and best["epoch"] == epoch:
                 log.best(result, epoch, metric.primary)
                 task.plugin.write_visuals(result, classes, log.plots)
+            if store is not None:
+                # Before Ray commits the checkpoint: the store never lags behind it.
+                store.push(run_dir)
             print(summary_line(row, t.epochs, metric, best), flush=True)
         ctx.report({"epoch": epoch, **{k: v for k, v in row.items() if isinstance(v, (int, float))}}, state_file)
     if log:
         log.close()
+        if store is not None:
+            store.push(run_dir)
 
 
 def summary_line(row: dict[str, Any], epochs: int, metric: Optional[Metric], best: dict[str, Any]) -> str:
@@ -288,8 +312,12 @@ def eval_worker(job: dict[str, Any], ctx) -> None:
 
 # --- entry points for Ray Train workers (module-level so Ray can pickle them by reference) ---
 
+def _endpoint(job: dict[str, Any]) -> Optional[str]:
+    return job["config"].get("output", {}).get("s3_endpoint")
+
+
 def ray_train_entry(job: dict[str, Any]) -> None:
-    train_worker(job, RayWorker(Path(job["resume_from"]) if job.get("resume_from") else None))
+    train_worker(job, RayWorker(job.get("resume_from"), _endpoint(job)))
 
 
 def ray_eval_entry(job: dict[str, Any]) -> None:
@@ -297,7 +325,7 @@ def ray_eval_entry(job: dict[str, Any]) -> None:
 
 
 def local_train(job: dict[str, Any], use_gpu: bool) -> None:
-    train_worker(job, LocalWorker(use_gpu, Path(job["resume_from"]) if job.get("resume_from") else None))
+    train_worker(job, LocalWorker(use_gpu, job.get("resume_from"), _endpoint(job)))
 
 
 def local_eval(job: dict[str, Any], use_gpu: bool) -> None:

@@ -1,4 +1,5 @@
-"""What a run leaves behind (written by rank 0): metrics.jsonl, TensorBoard events, PNG plots.
+"""What a run leaves behind (written by rank 0): metrics.jsonl, workers.json, TensorBoard events,
+PNG plots.
 
 Ray Train V2 keeps no metrics that come without a checkpoint, so the project writes its own log.
 ``metrics.jsonl`` has one line per finished epoch; on resume, lines past the checkpoint's epoch
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +19,19 @@ from ..fileio import atomic_write_text
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
+def parse_metrics(text: str) -> list[dict[str, Any]]:
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             break  # a line cut by a crash ends the usable log
     return rows
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    return parse_metrics(path.read_text()) if path.exists() else []
 
 
 def scalars(result: dict[str, Any]) -> dict[str, float]:
@@ -59,6 +63,19 @@ class RunLog:
             atomic_write_text(self.run_dir / "eval_last.json", json.dumps({"epoch": row["epoch"], **result}))
         if plot:
             self.plot_curves()
+
+    def workers(self, placement: list[dict[str, Any]], start_epoch: int) -> None:
+        """``workers.json``: where each attempt's workers ran (node, host, process), newest last."""
+        path = self.run_dir / "workers.json"
+        try:
+            attempts = json.loads(path.read_text())["attempts"]
+        except (OSError, ValueError, KeyError):
+            attempts = []
+        attempts.append({"started_unix": time.time(), "start_epoch": start_epoch, "workers": placement})
+        atomic_write_text(path, json.dumps({"attempts": attempts}, indent=1))
+        if any("node_id" in w for w in placement):
+            where = ", ".join(f"rank {w['rank']} on node {w['node_id'][:8]} ({w['hostname']})" for w in placement)
+            print(f"[visionkit] workers: {where}", flush=True)
 
     def best(self, result: dict[str, Any], epoch: int, primary: str) -> None:
         atomic_write_text(self.run_dir / "eval_best.json", json.dumps({"epoch": epoch, "primary": primary, **result}))

@@ -1,0 +1,214 @@
+"""Where a run lives: a local or shared directory, or a prefix in an object store (``s3://``...).
+
+A multi-node run needs storage every node can reach. A shared directory (NFS) needs nothing
+special: rank 0 writes the run there. For an object store, rank 0 writes the run's own files
+into a local staging directory and uploads what changed after every epoch, *before* Ray Train
+commits that epoch's checkpoint; a resumed run (on any node) downloads them again. So the store
+always holds at least the files of the last committed epoch, and the rows past it are dropped
+on resume exactly as for a local run. Ray Train keeps its recovery checkpoints beside them.
+
+Credentials come from the standard AWS chain on each node (environment, ``~/.aws``, instance
+or pod role); the endpoint of an S3-compatible store (MinIO, Ceph, moto) from
+``output.s3_endpoint``, which travels in the config so every worker uses the same one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from .errors import UserError
+
+# The run files the project writes; everything else in a run directory belongs to Ray Train.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval_last.json", "eval_best.json", "workers.json")
+RUN_DIRS = ("tensorboard", "plots")
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def is_remote(path: str) -> bool:
+    """``scheme://...`` (other than ``file://``) is an object store or remote filesystem."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def default_endpoint() -> Optional[str]:
+    """The standard AWS variables, so that MinIO users need not repeat themselves in the config."""
+    return next((os.environ[k] for k in ENDPOINT_ENV if os.environ.get(k)), None)
+
+
+def filesystem(uri: str, s3_endpoint: Optional[str] = None):
+    """``(pyarrow filesystem, path inside it)`` for a remote URI."""
+    import pyarrow.fs
+
+    try:
+        if uri.startswith("s3://") and s3_endpoint:
+            scheme, _, host = s3_endpoint.rpartition("://")
+            # An S3-compatible store ignores regions: skip the AWS region lookup.
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            fs = pyarrow.fs.S3FileSystem(endpoint_override=host.rstrip("/"), scheme=scheme or "https",
+                                         region=region, connect_timeout=10)
+            return fs, uri[len("s3://"):].rstrip("/")
+        # AWS itself (the bucket's region is looked up), gs://, hdfs://, ...
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/")
+    except (pyarrow.ArrowInvalid, OSError, ValueError) as exc:
+        raise UserError(f"{uri}: not a storage location pyarrow can open ({exc})") from None
+
+
+def split_run_uri(target: str) -> tuple[str, str]:
+    """``s3://bucket/runs/name`` -> ``("s3://bucket/runs", "name")``."""
+    parent, _, name = target.rstrip("/").rpartition("/")
+    if not name or parent.endswith(":/"):
+        raise UserError(f"{target}: expected STORAGE/RUN_NAME, e.g. s3://bucket/runs/shapes-20261126-101500")
+    return parent, name
+
+
+class LocalRun:
+    """A run directory on a local or shared filesystem: rank 0 writes into it directly."""
+
+    remote = False
+
+    def __init__(self, path: Path):
+        self.local = Path(path)
+        self.uri = str(self.local)
+        self.storage_path, self.name = str(self.local.parent), self.local.name
+
+    def ray_storage(self) -> tuple[str, None]:
+        return self.storage_path, None
+
+    def exists(self, rel: str) -> bool:
+        return (self.local / rel).exists()
+
+    def read_bytes(self, rel: str) -> bytes:
+        return (self.local / rel).read_bytes()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        from .fileio import atomic_write_bytes
+
+        atomic_write_bytes(self.local / rel, data)
+
+
+def open_run(storage_path: str, name: str, s3_endpoint: Optional[str] = None):
+    """A :class:`LocalRun` or a :class:`RunStore`, by the look of ``storage_path``."""
+    if is_remote(storage_path):
+        return RunStore(storage_path, name, s3_endpoint)
+    return LocalRun(Path(storage_path) / name)
+
+
+def download(uri: str, s3_endpoint: Optional[str], local: Path) -> Path:
+    """One object to a local file (a checkpoint to resume from, to evaluate)."""
+    parent, name = split_run_uri(uri)
+    return RunStore(parent, name, s3_endpoint).fetch("", local)
+
+
+class RunStore:
+    """One run directory in an object store, and a local staging copy of the project's files."""
+
+    remote = True
+
+    def __init__(self, storage_path: str, name: str, s3_endpoint: Optional[str] = None):
+        self.storage_path, self.name, self.s3_endpoint = storage_path.rstrip("/"), name, s3_endpoint
+        self.uri = f"{self.storage_path}/{name}"
+        self.fs, self.root = filesystem(self.storage_path, s3_endpoint)
+        self.path = f"{self.root}/{name}"
+        self._synced: dict[str, tuple[int, int]] = {}
+
+    def ray_storage(self):
+        """``RunConfig(storage_path, storage_filesystem)``: the path without its scheme."""
+        return self.root, self.fs
+
+    @classmethod
+    def from_output(cls, output) -> "RunStore":
+        return cls(output.storage_path, output.name, output.s3_endpoint)
+
+    # --- single objects -------------------------------------------------------------------
+    def _key(self, rel: str) -> str:
+        return f"{self.path}/{rel}" if rel else self.path
+
+    def _guard(self, rel: str, fn):
+        import pyarrow
+
+        try:
+            return fn()
+        except (OSError, pyarrow.ArrowException) as exc:
+            hint = f" (output.s3_endpoint: {self.s3_endpoint})" if self.s3_endpoint else ""
+            where = f"{self.uri}/{rel}" if rel else self.uri
+            raise UserError(f"{where}: object store error{hint}: {str(exc).splitlines()[0]}") from None
+
+    def exists(self, rel: str) -> bool:
+        import pyarrow.fs
+
+        info = self._guard(rel, lambda: self.fs.get_file_info(self._key(rel)))
+        return info.type != pyarrow.fs.FileType.NotFound
+
+    def read_bytes(self, rel: str) -> bytes:
+        def read():
+            with self.fs.open_input_stream(self._key(rel)) as fh:
+                return fh.read()
+
+        return self._guard(rel, read)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """One PUT: readers see the old object or the new one, never a torn one."""
+        def write():
+            with self.fs.open_output_stream(self._key(rel)) as fh:
+                fh.write(data)
+
+        self._guard(rel, write)
+
+    def fetch(self, rel: str, local: Path) -> Path:
+        local.parent.mkdir(parents=True, exist_ok=True)
+
+        def copy():
+            with self.fs.open_input_stream(self._key(rel)) as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+
+        self._guard(rel, copy)
+        return local
+
+    # --- the staging directory ------------------------------------------------------------
+    def staging_dir(self) -> Path:
+        import hashlib
+
+        digest = hashlib.sha1(self.uri.encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / "visionkit-runs" / f"{self.name}-{digest}"
+
+    def pull(self, local: Path) -> None:
+        """Downloads the project's run files (not checkpoints: Ray Train restores those)."""
+        import pyarrow.fs
+
+        shutil.rmtree(local, ignore_errors=True)
+        local.mkdir(parents=True)
+        selector = pyarrow.fs.FileSelector(self.path, recursive=True, allow_not_found=True)
+        for info in self._guard("", lambda: self.fs.get_file_info(selector)):
+            rel = info.path[len(self.path) + 1:]
+            if info.type == pyarrow.fs.FileType.File and (rel in RUN_FILES or rel.split("/")[0] in RUN_DIRS):
+                target = self.fetch(rel, local / rel)
+                self._synced[rel] = _signature(target)
+
+    def push(self, local: Path) -> int:
+        """Uploads every file that changed since the last push or pull; returns how many."""
+        sent = 0
+        for path in sorted(local.rglob("*")):
+            rel = path.relative_to(local).as_posix()
+            if not path.is_file() or any(part.startswith(".") for part in rel.split("/")):
+                continue  # atomic writes' temp files
+            signature = _signature(path)
+            if self._synced.get(rel) == signature:
+                continue
+
+            def upload(path=path, rel=rel):
+                with open(path, "rb") as src, self.fs.open_output_stream(f"{self.path}/{rel}") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+
+            self._guard(rel, upload)
+            self._synced[rel] = signature
+            sent += 1
+        return sent
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
