@@ -93,6 +93,25 @@ def _cmd_mnist(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    """Torch-free, like predict: the server process imports visionkit.runtime and Starlette only."""
+    from .serving.limits import Limits
+    from .serving.server import require_packages, serve
+
+    require_packages()
+
+    try:
+        limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1e6),
+                        max_images=args.max_images, max_pending=args.max_pending)
+    except ValueError as exc:
+        raise UserError(f"serve: {exc}") from None
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        raise UserError("serve: --max-batch must be at least 1 and --batch-wait-ms at least 0")
+    serve(args.model, host=args.host, port=args.port, threads=args.threads, workers=args.workers,
+          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, limits=limits, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionkit", description="Train, evaluate and export vision models on Ray.")
     parser.add_argument("--version", action="version", version=f"visionkit {__version__}")
@@ -132,6 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("out")
     m.add_argument("--mirror", default="https://ossci-datasets.s3.amazonaws.com/mnist")
     m.set_defaults(func=_cmd_mnist)
+
+    p = sub.add_parser("serve", help="serve an exported .onnx model over HTTP (onnxruntime, no torch)")
+    p.add_argument("model", help="MODEL.onnx (exported by visionkit export)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 for every interface, e.g. in a container)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, printed)")
+    p.add_argument("--threads", type=int, help="onnxruntime threads per call (default: all cores)")
+    p.add_argument("--workers", type=int, help="threads decoding and running requests (default: cores, at most 4)")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="micro-batching: run up to N images of concurrent requests together (default 1: off)")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0,
+                   help="micro-batching: how long an image waits for others (default 2 ms)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MiB): 413")
+    p.add_argument("--max-megapixels", type=float, default=25.0, help="largest image (default 25 MP): 413")
+    p.add_argument("--max-images", type=int, default=16, help="images per multipart request (default 16)")
+    p.add_argument("--max-pending", type=int, default=64, help="requests in flight before 503 (default 64)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn's log level (info: one line per request)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
