@@ -21,3 +21,9 @@ class DataError(UserError):
 
 class PluginError(UserError):
     pass
+
+
+class ExportCheckFailed(UserError):
+    """An exported model that does not answer as PyTorch does: exit status 3, the report says why."""
+
+    exit_code = 3
