@@ -34,20 +34,41 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
+#: a body over the limit but under this many times it is read to its end (and dropped) before
+#: the 413: a client that sends its whole body before reading (urllib, requests) then gets the
+#: answer instead of a reset connection. Larger ones, or with ``Expect: 100-continue`` (curl's
+#: large uploads), are answered at once.
+DRAIN_FACTOR = 4
+
+
+async def _reject(request: Request, limit: int, message: str, read: int = 0) -> None:
+    if "100-continue" not in request.headers.get("expect", "").lower():
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > DRAIN_FACTOR * limit:
+                break
+    raise too_large(message)
+
+
 async def bounded_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
     """The body, chunk by chunk; 413 as soon as it passes ``limit`` (Content-Length or not)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise too_large(f"request body of {int(declared):,} bytes; this server takes at most {limit:,}")
+            size = int(declared)
         except ValueError:
             raise bad_request(f"Content-Length {declared!r} is not a number") from None
+        if size > limit:
+            message = f"request body of {size:,} bytes; this server takes at most {limit:,}"
+            if size > DRAIN_FACTOR * limit:
+                raise too_large(message)
+            await _reject(request, limit, message)
     seen = 0
     async for chunk in request.stream():
         seen += len(chunk)
         if seen > limit:
-            raise too_large(f"request body over {limit:,} bytes; this server takes at most {limit:,}")
+            await _reject(request, limit, f"request body over {limit:,} bytes; this server takes at most {limit:,}",
+                          seen)
         yield chunk
 
 
