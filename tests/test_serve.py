@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
 def server(tiny):
     """Small limits, so that the 413s need small bodies; micro-batching on."""
     with running_server(tiny, "--max-body-mb", "0.25", "--max-megapixels", "0.01", "--max-images", "3",
-                        "--max-batch", "4", "--batch-wait-ms", "20", "--workers", "2") as srv:
+                        "--max-batch", "4", "--batch-wait-ms", "20", "--workers", "2", "--body-timeout", "1") as srv:
         yield srv
 
 
@@ -186,3 +186,22 @@ def test_body_limit_holds_without_content_length(server):
     finally:
         conn.close()
     assert server.call("GET", "/health")[0] == 200
+
+
+def test_a_stalled_body_gets_408(server):
+    """A client that declares a body and stops sending holds a slot for --body-timeout at most."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
+                     + png(COLOURS["red"])[:100])
+        answer = b""
+        while b"}" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"].startswith("request body not received")

@@ -154,7 +154,7 @@ def _cmd_serve(args) -> int:
 
     try:
         limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1e6),
-                        max_images=args.max_images, max_pending=args.max_pending)
+                        max_images=args.max_images, max_pending=args.max_pending, body_timeout_s=args.body_timeout)
     except ValueError as exc:
         raise UserError(f"serve: {exc}") from None
     if args.max_batch < 1 or args.batch_wait_ms < 0:
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-megapixels", type=float, default=25.0, help="largest image (default 25 MP): 413")
     p.add_argument("--max-images", type=int, default=16, help="images per multipart request (default 16)")
     p.add_argument("--max-pending", type=int, default=64, help="requests in flight before 503 (default 64)")
+    p.add_argument("--body-timeout", type=int, default=30, help="seconds to receive a request body (default 30): 408")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="uvicorn's log level (info: one line per request)")
     p.set_defaults(func=_cmd_serve)

@@ -8,11 +8,12 @@
                      -> {"predictions": [one result per image, as `visionkit predict` writes it]}
 
 Every error is JSON, ``{"error": "...", "status": N}``: 400 undecodable image or bad parameter,
-404/405 unknown route, 413 body or image too large, 415 not an image type, 503 busy.
+404/405 unknown route, 408 body too slow, 413 body or image too large, 415 not an image type, 503 busy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import AsyncIterator
@@ -121,7 +122,10 @@ def create_app(service: InferenceService) -> Starlette:
         service.admit()
         try:
             options = service.options(dict(request.query_params))
-            uploads = await read_uploads(request, service)
+            try:
+                uploads = await asyncio.wait_for(read_uploads(request, service), service.limits.body_timeout_s)
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"request body not received within {service.limits.body_timeout_s} s") from None
             results = await service.predict(uploads, options)
         finally:
             service.release()

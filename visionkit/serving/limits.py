@@ -21,6 +21,8 @@ class Limits:
     max_images: int = 16
     #: requests being read, decoded or run at once; beyond it: 503 with Retry-After
     max_pending: int = 64
+    #: seconds to receive a request's body; a client that trickles it (or stalls) gets 408
+    body_timeout_s: int = 30
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

@@ -36,6 +36,7 @@ class Args(BaseModel):
     max_megapixels: float = Field(25.0, gt=0)
     max_images: int = Field(16, ge=1)
     max_pending: int = Field(64, ge=1)
+    body_timeout_s: int = Field(30, ge=1)
 
 
 def _replica_cpus() -> int:
@@ -52,7 +53,6 @@ def _replica_cpus() -> int:
     ray_actor_options={"num_cpus": 1},
     max_ongoing_requests=32,
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
-    health_check_period_s=10,
 )
 @serve.ingress()
 class VisionkitModel:
@@ -62,7 +62,7 @@ class VisionkitModel:
         args = Args(**options)
         cpus = _replica_cpus()
         limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1e6),
-                        max_images=args.max_images, max_pending=args.max_pending)
+                        max_images=args.max_images, max_pending=args.max_pending, body_timeout_s=args.body_timeout_s)
         self.service = InferenceService.load(args.model, threads=args.threads or cpus, limits=limits,
                                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                                              workers=args.workers or max(2, cpus))
@@ -72,14 +72,6 @@ class VisionkitModel:
         from .app import create_app
 
         return create_app(self.service)
-
-    def check_health(self) -> None:
-        """Serve restarts a replica whose model stopped answering."""
-        import numpy as np
-
-        meta = self.service.model.metadata
-        h, w = meta.input_size or (32, 32)
-        self.service.model.run(np.zeros((1, meta.channels, h, w), dtype=np.float32))
 
 
 def build(args: Union[Args, dict[str, Any]]) -> Application:

@@ -52,8 +52,11 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, threads: Option
                                     batch_wait_ms=batch_wait_ms, workers=workers)
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
+    # limit_concurrency: a backstop on open connections (uvicorn answers a plain 503 past it);
+    # the JSON 503 of max_pending comes first for requests that reach /predict.
     config = uvicorn.Config(create_app(service), log_level=log_level, access_log=log_level in ("info", "debug"),
-                            timeout_keep_alive=5, server_header=False, lifespan="on")
+                            timeout_keep_alive=5, server_header=False, lifespan="on",
+                            limit_concurrency=max(256, 4 * service.limits.max_pending))
     print(f"[visionkit] serving {service.model.path.name} ({service.model.metadata.summary()}) on "
           f"http://{shown}:{sock.getsockname()[1]}  (Ctrl-C stops)", flush=True)
     try:
