@@ -20,7 +20,7 @@ def require_packages() -> None:
         import starlette.formparsers as formparsers
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"serve: the {exc.name} package is missing; pip install 'visionkit[serve]'") from None
+        raise UserError(f"serve: the {exc.name or exc} package is missing; pip install 'visionkit[serve]'") from None
     if getattr(formparsers, "multipart", None) is None:
         raise UserError("serve: the python-multipart package is missing; pip install 'visionkit[serve]'")
 
