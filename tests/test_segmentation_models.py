@@ -193,8 +193,16 @@ def test_write_visuals(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_export_module_gives_logits():
-    plugin = SegmentationPlugin()
-    model = plugin.build_model(ModelConfig(width=8, blocks=[0, 1]), CLASSES).eval()
+def test_export_graph_gives_a_class_map_and_logits_on_request():
+    from visionkit.plugin import ExportOptions
+    from visionkit_plugins.segmentation.export import SegmenterGraph
+
+    model = SegmentationPlugin().build_model(ModelConfig(width=8, blocks=[0, 1]), CLASSES).eval()
+    images = torch.rand(2, 3, 32, 48)
     with torch.no_grad():
-        assert plugin.export_module(model)(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+        class_map, logits = SegmenterGraph(model, logits=True)(images)
+        assert class_map.shape == (2, 32, 48) and class_map.dtype == torch.uint8
+        assert logits.shape == (2, 3, 32, 48)
+        assert torch.equal(class_map, logits.argmax(1).to(torch.uint8))
+        assert SegmenterGraph(model)(images).shape == (2, 32, 48)
+    assert ExportOptions().logits is False

@@ -38,12 +38,64 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     import json
 
-    from .train.launch import evaluate
+    if args.target.endswith(".onnx"):
+        from .export.evaluate import evaluate as evaluate_onnx
 
-    result = evaluate(args.target, list(args.overrides), workers=args.workers, output=args.output,
-                      address=args.address)
+        if args.workers:
+            raise UserError("eval: --workers applies to checkpoints; an .onnx model is evaluated in this process")
+        result = evaluate_onnx(args.target, data_root=args.data, overrides=list(args.overrides), output=args.output,
+                               batch_size=args.batch_size, threads=args.threads)
+    else:
+        from .train.launch import evaluate
+
+        overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
+        result = evaluate(args.target, overrides, workers=args.workers, output=args.output, address=args.address)
     shown = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k != "checkpoint"}
     print(json.dumps(shown, indent=1))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export.exporter import export
+
+    export(args.target, args.output, list(args.overrides), data_root=args.data, opset=args.opset,
+           precision=args.precision, logits=args.logits, check_images=args.check_images,
+           calibration_images=args.calibration_images, max_metric_drop=args.max_metric_drop)
+    return 0
+
+
+def _parse_classes(text: str) -> list[str]:
+    path = Path(text)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    else:
+        names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise UserError(f"--classes {text!r}: give a file with one name per line, or names separated by commas")
+    return names
+
+
+def _cmd_predict(args) -> int:
+    """Torch-free: only visionkit.runtime (numpy, onnxruntime, Pillow) is imported here."""
+    from .runtime import Model, foreign_metadata, list_images
+    from .runtime.output import write_predictions
+
+    metadata = None
+    if args.task:
+        if not args.classes:
+            raise UserError("predict: --task needs --classes (a file with one name per line, or a,b,c)")
+        size = [int(v) for v in args.input_size.lower().replace("x", " ").split()] if args.input_size else None
+        metadata = foreign_metadata(args.task, _parse_classes(args.classes), size, args.mean, args.std, args.channels)
+    elif args.classes or args.input_size or args.mean or args.std:
+        raise UserError("predict: --classes/--input-size/--mean/--std describe a model without visionkit metadata; "
+                        "give --task too")
+    model = Model.load(args.model, threads=args.threads, metadata=metadata)
+    images = list_images(args.images)
+    options = {"top_k": args.top_k, "score_thresh": args.score_thresh, "draw_thresh": args.draw_thresh}
+    summary = write_predictions(model, images, Path(args.output), draw=args.draw, batch_size=args.batch_size,
+                                **options)
+    print(f"[visionkit] {model.metadata.task}: {summary['images']} image(s) -> {args.output}/ "
+          f"({', '.join(summary['written'])})")
     return 0
 
 
@@ -101,6 +153,25 @@ def _cmd_mnist(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    """Torch-free, like predict: the server process imports visionkit.runtime and Starlette only."""
+    from .serving.limits import Limits
+    from .serving.server import require_packages, serve
+
+    require_packages()
+
+    try:
+        limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1e6),
+                        max_images=args.max_images, max_pending=args.max_pending, body_timeout_s=args.body_timeout)
+    except ValueError as exc:
+        raise UserError(f"serve: {exc}") from None
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        raise UserError("serve: --max-batch must be at least 1 and --batch-wait-ms at least 0")
+    serve(args.model, host=args.host, port=args.port, threads=args.threads, workers=args.workers,
+          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, limits=limits, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionkit", description="Train, evaluate and export vision models on Ray.")
     parser.add_argument("--version", action="version", version=f"visionkit {__version__}")
@@ -118,12 +189,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's best checkpoint (or a .pt file) and write JSON")
-    p.add_argument("target", help="RUN_DIR or CHECKPOINT.pt")
+    p.add_argument("target", help="RUN_DIR, CHECKPOINT.pt or MODEL.onnx (an exported model, run by onnxruntime)")
     p.add_argument("overrides", nargs="*", help="e.g. data.root=/other/data to evaluate on other data")
+    p.add_argument("--data", metavar="ROOT", help="the dataset root (data.root); an .onnx model otherwise uses the "
+                   "data section recorded at export")
     p.add_argument("--workers", type=int, default=0, help="Ray workers (default 0: in this process)")
-    p.add_argument("-o", "--output", help="JSON file (default: RUN_DIR/eval.json)")
+    p.add_argument("-o", "--output", help="JSON file (default: RUN_DIR/eval.json, or MODEL.eval.json)")
     p.add_argument("--address", help="Ray cluster address")
+    p.add_argument("--batch-size", type=int, default=8, help=".onnx: images per onnxruntime call")
+    p.add_argument("--threads", type=int, help=".onnx: onnxruntime threads (default: all cores)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="export a run's model to ONNX, checked against PyTorch on validation images")
+    p.add_argument("target", help="RUN_DIR or CHECKPOINT.pt")
+    p.add_argument("overrides", nargs="*", help="data.* overrides for the checks, e.g. data.root=/data/here")
+    p.add_argument("-o", "--output", help="model file (default: RUN_DIR/model.onnx; model.int8.onnx ...)")
+    p.add_argument("--data", metavar="ROOT", help="the dataset root (data.root), if the run's has moved")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13-20 (default 17)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="int8: static quantization calibrated on training images; fp16: for GPUs")
+    p.add_argument("--logits", action="store_true", help="segmentation: also output the per-pixel logits")
+    p.add_argument("--check-images", type=int, default=32, help="validation images for the parity check")
+    p.add_argument("--calibration-images", type=int, default=64, help="int8: training images to calibrate on")
+    p.add_argument("--max-metric-drop", type=float, default=2.0,
+                   help="fp16/int8: largest allowed drop of the validation metric, in points (default 2)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="run an exported .onnx model on images (onnxruntime, no torch)")
+    p.add_argument("model", help="MODEL.onnx")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("-o", "--output", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--draw", action="store_true", help="also write drawn images to OUTPUT/drawn/")
+    p.add_argument("--top-k", type=int, default=5, help="classification: classes per image (default 5)")
+    p.add_argument("--score-thresh", type=float, help="detection: drop boxes below this score")
+    p.add_argument("--draw-thresh", type=float, default=0.3, help="detection: draw boxes from this score")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    g = p.add_argument_group("a model without visionkit metadata (classification or segmentation)")
+    g.add_argument("--task", choices=["classification", "segmentation"])
+    g.add_argument("--classes", help="a file with one class name per line, or names separated by commas")
+    g.add_argument("--input-size", help="resize every image to HxW first, e.g. 224x224")
+    g.add_argument("--mean", type=float, nargs="+", help="normalisation the graph expects (default ImageNet's)")
+    g.add_argument("--std", type=float, nargs="+")
+    g.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("plugins", help="list the installed task plugins and where they come from")
     p.set_defaults(func=_cmd_plugins)
@@ -143,6 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("out")
     m.add_argument("--mirror", default="https://ossci-datasets.s3.amazonaws.com/mnist")
     m.set_defaults(func=_cmd_mnist)
+
+    p = sub.add_parser("serve", help="serve an exported .onnx model over HTTP (onnxruntime, no torch)")
+    p.add_argument("model", help="MODEL.onnx (exported by visionkit export)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 for every interface, e.g. in a container)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, printed)")
+    p.add_argument("--threads", type=int, help="onnxruntime threads per call (default: all cores)")
+    p.add_argument("--workers", type=int, help="threads decoding and running requests (default: cores, at most 4)")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="micro-batching: run up to N images of concurrent requests together (default 1: off)")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0,
+                   help="micro-batching: how long an image waits for others (default 2 ms)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MiB): 413")
+    p.add_argument("--max-megapixels", type=float, default=25.0, help="largest image (default 25 MP): 413")
+    p.add_argument("--max-images", type=int, default=16, help="images per multipart request (default 16)")
+    p.add_argument("--max-pending", type=int, default=64, help="requests in flight before 503 (default 64)")
+    p.add_argument("--body-timeout", type=int, default=30, help="seconds to receive a request body (default 30): 408")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn's log level (info: one line per request)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

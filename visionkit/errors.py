@@ -28,3 +28,9 @@ class ClusterError(UserError):
     what is missing and how to resume. Its own exit status, so wrappers can retry on it."""
 
     exit_code = 3
+
+
+class ExportCheckFailed(UserError):
+    """An exported model that does not answer as PyTorch does: exit status 3, the report says why."""
+
+    exit_code = 3

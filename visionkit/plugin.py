@@ -11,8 +11,9 @@ the core can validate them with the same messages as its own sections (file, key
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -110,7 +111,82 @@ class TaskPlugin(abc.ABC):
         """Task-specific plots from an evaluation (confusion matrix, PR curve...)."""
         return []
 
-    # --- export (ONNX): filled in by plugins that support it -------------------------------
-    def export_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        """An ONNX-friendly wrapper whose outputs are what a deployer needs."""
-        raise NotImplementedError(f"task {self.name!r} does not support export yet")
+    # --- export (ONNX) ------------------------------------------------------------------------
+    # ``visionkit export`` calls these; a plugin without them cannot be exported. The graph's
+    # input is always float32 NCHW, RGB (grey for one channel) in [0, 1], at the size the
+    # recorded pre-processing gives: normalisation and post-processing go inside the graph.
+    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any,
+                    options: "ExportOptions") -> "ExportPlan":
+        """The graph to export: a wrapper whose outputs are what a deployer needs."""
+        raise NotImplementedError(f"task {self.name!r} does not support export")
+
+    def export_source(self, dataset: Any, index: int) -> Any:
+        """Sample ``index`` as the runtime would receive it: its image file (or a uint8 array)."""
+        raise NotImplementedError(f"task {self.name!r} does not support export")
+
+    def export_input(self, dataset: Any, data: Any, index: int) -> torch.Tensor:
+        """Sample ``index`` through the training pipeline's validation transform, as graph input
+        (CxHxW in [0, 1]): compared with the runtime's own pre-processing of the same file."""
+        return dataset[index][0]
+
+    def export_reference(self, model: torch.nn.Module, dataset: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """PyTorch's answer for each sample (the evaluation path), in the graph's output terms."""
+        raise NotImplementedError(f"task {self.name!r} does not support export")
+
+    def compare_exported(self, reference: list[dict[str, Any]], exported: list[dict[str, Any]],
+                         precision: str, plan: "ExportPlan") -> dict[str, Any]:
+        """Figures of agreement and ``ok``: did the exported graph answer as PyTorch did?"""
+        raise NotImplementedError(f"task {self.name!r} does not support export")
+
+    def runtime_metric_inputs(self, dataset: Any, indices: Sequence[int], results: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """``(outputs, batch)`` for :meth:`Metric.update` from the runtime's results on those
+        samples, so ``visionkit eval model.onnx`` scores with this plugin's own metric."""
+        raise NotImplementedError(f"task {self.name!r} does not support evaluating exported models")
+
+
+@dataclass
+class ExportOptions:
+    """What the user asked of ``visionkit export``."""
+
+    opset: int = 17
+    logits: bool = False  # segmentation: also output the per-pixel logits
+
+
+@dataclass
+class ExportPlan:
+    """A plugin's answer to :meth:`TaskPlugin.export_plan`.
+
+    ``module`` maps images (N, C, H, W float32 in [0, 1]) to ``output_names`` in order.
+    ``preprocess`` lists the runtime's steps before the graph (``{op: resize, height, width,
+    interpolation}``): the validation transform of training, nothing else.
+    """
+
+    module: torch.nn.Module
+    output_names: list[str]
+    channels: int = 3
+    dynamic_batch: bool = True
+    dynamic_size: bool = True
+    #: the exporter: the TorchScript-based one (False) or torch.export/dynamo (True, needs onnxscript)
+    dynamo: bool = False
+    preprocess: list[dict[str, Any]] = field(default_factory=list)
+    normalization: dict[str, Any] = field(default_factory=dict)
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    category_ids: Optional[list[int]] = None
+    #: per output, its dynamic axes ({axis: name}); default: axis 0 is the batch when dynamic
+    dynamic_axes: Optional[dict[str, dict[int, str]]] = None
+
+
+def resize_steps(specs: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """Validation transforms as runtime steps: only ``Resize`` can be replayed without torch and
+    albumentations, so anything else is refused at export rather than silently dropped."""
+    from .errors import ConfigError
+
+    steps = []
+    for i, spec in enumerate(specs):
+        extra = sorted(set(spec) - {"name", "height", "width", "interpolation", "p"})
+        if spec.get("name") != "Resize" or extra or spec.get("p", 1) != 1:
+            raise ConfigError(f"{where}[{i}]: {spec.get('name')!r} cannot be replayed by the torch-free runtime; "
+                              "for export, validation transforms may only be Resize (height, width, interpolation)")
+        steps.append({"op": "resize", "height": int(spec["height"]), "width": int(spec["width"]),
+                      "interpolation": int(spec.get("interpolation", 1))})
+    return steps

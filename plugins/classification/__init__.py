@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from visionkit.plugin import LossOutput, Section, TaskPlugin
+from visionkit.plugin import ExportOptions, ExportPlan, LossOutput, Section, TaskPlugin
 
+from . import export as _export
 from .data import DataConfig, build_dataset
 from .metric import ClassificationMetric
 from .models import ModelConfig, build_model
@@ -51,3 +52,22 @@ class ClassificationPlugin(TaskPlugin):
 
     def write_visuals(self, result: dict[str, Any], classes: list[str], out_dir: Path) -> list[Path]:
         return [plot_confusion(result["confusion_matrix"], classes, Path(out_dir) / "confusion_matrix.png")]
+
+    # --- ONNX export (see export.py) --------------------------------------------------------
+    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
+        return _export.export_plan(model, classes, sections, options)
+
+    def export_source(self, dataset: Any, index: int) -> Any:
+        return _export.export_source(dataset, index)
+
+    def export_input(self, dataset: Any, data: DataConfig, index: int) -> torch.Tensor:
+        return _export.export_input(dataset, data, index)
+
+    def export_reference(self, model: torch.nn.Module, dataset: Any, indices) -> list[dict[str, Any]]:
+        return _export.export_reference(model, dataset, indices)
+
+    def compare_exported(self, reference, exported, precision: str, plan: ExportPlan) -> dict[str, Any]:
+        return _export.compare_exported(reference, exported, precision)
+
+    def runtime_metric_inputs(self, dataset: Any, indices, results):
+        return _export.runtime_metric_inputs(dataset, indices, results)

@@ -136,6 +136,7 @@ class MnistDataset(torch.utils.data.Dataset):
         if labels.max(initial=0) > 9:
             raise DataError(f"{labels_file}: label {labels.max()} outside 0-9")
         self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.raw = images  # uint8 HxW, as the ONNX runtime is given them (export checks, eval)
         specs = cfg.train_transforms if split == "train" else cfg.val_transforms
         size = cfg.image_size
         if specs or (size and size != images.shape[1]) or cfg.channels == 3:

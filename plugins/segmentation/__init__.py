@@ -12,23 +12,13 @@ from typing import Any
 
 import torch
 
-from visionkit.plugin import TaskPlugin
+from visionkit.plugin import ExportOptions, ExportPlan, TaskPlugin
 
+from . import export as _export
 from .data import DataConfig, SegmentationDataset, build_dataset, collate
 from .loss import LossConfig, build_loss
 from .metric import SegmentationMetric, predicted_classes
 from .models import ModelConfig, build_model
-
-
-class LogitsOnly(torch.nn.Module):
-    """For ONNX: one tensor out (logits, NxCxHxW) instead of a dict; input is RGB in [0, 1]."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)["out"]
 
 
 class SegmentationPlugin(TaskPlugin):
@@ -65,8 +55,20 @@ class SegmentationPlugin(TaskPlugin):
 
         return write_visuals(result, classes, out_dir)
 
-    def export_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        return LogitsOnly(model)
+    # --- ONNX export (see export.py) --------------------------------------------------------
+    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
+        return _export.export_plan(model, classes, sections, options)
 
+    def export_source(self, dataset: SegmentationDataset, index: int) -> Any:
+        return _export.export_source(dataset, index)
+
+    def export_reference(self, model: torch.nn.Module, dataset: SegmentationDataset, indices) -> list[dict[str, Any]]:
+        return _export.export_reference(model, dataset, indices)
+
+    def compare_exported(self, reference, exported, precision: str, plan: ExportPlan) -> dict[str, Any]:
+        return _export.compare_exported(reference, exported, precision)
+
+    def runtime_metric_inputs(self, dataset: SegmentationDataset, indices, results):
+        return _export.runtime_metric_inputs(dataset, indices, results, self.collate)
 
 __all__ = ["SegmentationPlugin", "DataConfig", "ModelConfig", "LossConfig"]

@@ -1,0 +1,307 @@
+"""Train (small) -> export -> parity report -> predict -> eval on the .onnx, for every task.
+
+One tiny run per task is trained in this process (``ray.num_workers: 0``) and exported once;
+the tests then read the files. The predictions run in a subprocess where importing torch is
+impossible, which is what a deployment gets.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from visionkit import cli
+from visionkit.data import synth
+from visionkit.fileio import load_checkpoint
+from visionkit.runtime import Model
+from visionkit.train import launch
+
+from conftest import REPO, cls_overrides
+
+TASKS = ("classification", "detection", "segmentation")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    return synth.scenes(tmp_path_factory.mktemp("onnx_scenes") / "shapes", num_train=24, num_val=8, size=64, seed=2)
+
+
+def _config(task: str) -> str:
+    return str(REPO / "configs" / task / "shapes.yaml")
+
+
+def _common(root: Path, name: str) -> list[str]:
+    return ["ray.num_workers=0", "train.progress=false", f"output.storage_path={root}", f"output.name={name}"]
+
+
+@pytest.fixture(scope="module")
+def runs(shapes_cls, scenes, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("onnx_runs")
+    return {
+        "classification": launch.train(_config("classification"), cls_overrides(shapes_cls, root, "cls", **{
+            "ray.num_workers": 0, "model.name": "resnet18", "train.epochs": 2})),
+        "detection": launch.train(_config("detection"), _common(root, "det") + [
+            f"data.root={scenes}", "data.train_transforms=[]", "model.min_size=64", "model.max_size=64",
+            "train.epochs=2", "train.batch_size=4"]),
+        "segmentation": launch.train(_config("segmentation"), _common(root, "seg") + [
+            f"data.root={scenes}", "model.width=8", "model.blocks=[1,1,1]", "train.epochs=2", "train.batch_size=4"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(runs, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("onnx_models")
+    paths = {}
+    for task, run in runs.items():
+        paths[task] = out / f"{task}.onnx"
+        assert cli.main(["export", str(run), "-o", str(paths[task]), "--check-images", "8"]) == 0
+    return paths
+
+
+def _report(model: Path) -> dict:
+    return json.loads(model.with_suffix(".report.json").read_text())
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_export_is_checked_and_described(task, models, runs):
+    report = _report(models[task])
+    assert report["ok"] is True
+    checks = report["checks"]
+    assert checks["onnx_checker"]["ok"]
+    # The runtime's numpy pre-processing is the training pipeline, value for value.
+    assert checks["preprocessing"]["ok"] and checks["preprocessing"]["max_abs_diff_levels"] < 0.01
+    assert checks["outputs"]["ok"] and checks["outputs"]["images"] == 8
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(models[task])).metadata_props}
+    assert props["visionkit.task"] == task
+    assert props["visionkit.classes"] == load_checkpoint(runs[task] / "checkpoints" / "best.pt")["classes"]
+    assert props["visionkit.version"] and props["visionkit.opset"] == 17
+    assert props["visionkit.source"]["run_dir"] == str(runs[task])
+    assert props["visionkit.normalization"]["in_graph"] is True and len(props["visionkit.normalization"]["mean"]) == 3
+    assert props["visionkit.data"]["root"]
+    if task == "classification":
+        assert props["visionkit.input_size"] == [32, 32] and checks["outputs"]["max_abs_prob_diff"] <= 1e-4
+    if task == "detection":
+        assert checks["outputs"]["torch_detections"] > 0, "an untrained FCOS still proposes boxes"
+        assert checks["outputs"]["matched"] >= checks["outputs"]["torch_detections"] - checks["outputs"]["borderline"]
+        assert props["visionkit.category_ids"] == [1, 2, 3, 4]
+    if task == "segmentation":
+        assert checks["outputs"]["pixel_agreement"] >= 0.999
+
+
+def _op_types(graph) -> set[str]:
+    """Node types, subgraphs (If/Loop bodies) included."""
+    found = set()
+    for node in graph.node:
+        found.add(node.op_type)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found |= _op_types(sub)
+    return found
+
+
+def test_what_is_in_the_graphs(models):
+    ops = {task: _op_types(onnx.load(str(path)).graph) for task, path in models.items()}
+    assert "Softmax" in ops["classification"]
+    assert {"NonMaxSuppression", "TopK"} <= ops["detection"]  # NMS inside the graph
+    assert "ArgMax" in ops["segmentation"]
+    outputs = {task: [o.name for o in onnx.load(str(path)).graph.output] for task, path in models.items()}
+    assert outputs == {"classification": ["probabilities"],
+                       "detection": ["boxes", "scores", "labels", "num_detections"],
+                       "segmentation": ["class_map"]}
+
+
+def test_dynamic_batch_and_image_size(models):
+    rng = np.random.default_rng(0)
+    cls = Model.load(models["classification"])
+    probs = cls.run(rng.random((3, 3, 32, 32), dtype=np.float32))["probabilities"]
+    assert probs.shape == (3, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    det = Model.load(models["detection"])
+    for n, h, w in ((1, 64, 64), (3, 64, 64), (2, 96, 80)):
+        out = det.run(rng.random((n, 3, h, w), dtype=np.float32))
+        assert out["boxes"].shape == (n, 100, 4) and out["num_detections"].shape == (n,)
+        counts = out["num_detections"]
+        assert all((out["labels"][i, :c] >= 0).all() and (out["labels"][i, c:] == -1).all() for i, c in enumerate(counts))
+        assert (out["boxes"][..., 2] <= w + 1e-3).all() and (out["boxes"][..., 3] <= h + 1e-3).all()
+    seg = Model.load(models["segmentation"])
+    assert seg.run(rng.random((2, 3, 48, 80), dtype=np.float32))["class_map"].shape == (2, 48, 80)
+
+
+TORCH_FREE = r'''
+import importlib.abc, json, sys
+
+attempts = []
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "ray", "albumentations"):
+            attempts.append(name)
+            raise ImportError(f"{name} is blocked: the runtime must not import it")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+from visionkit import cli
+
+jobs = json.loads(sys.argv[1])
+codes = [cli.main(["predict", *job]) for job in jobs]
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "ray", "albumentations"))
+print(json.dumps({"codes": codes, "attempts": attempts, "loaded": loaded}))
+'''
+
+
+@pytest.fixture(scope="module")
+def predictions(models, shapes_cls, scenes, tmp_path_factory) -> dict[str, Path]:
+    """`visionkit predict` for every task in one process that cannot import torch."""
+    out = tmp_path_factory.mktemp("onnx_predictions")
+    cls_images = sorted((shapes_cls / "val").rglob("*.png"))[:5]
+    jobs = {"classification": [str(models["classification"]), *map(str, cls_images), "-o", str(out / "cls"), "--draw"],
+            "detection": [str(models["detection"]), str(scenes / "images" / "val"), "-o", str(out / "det"), "--draw"],
+            "segmentation": [str(models["segmentation"]), str(scenes / "images" / "val"), "-o", str(out / "seg"),
+                             "--draw"]}
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE, json.dumps(list(jobs.values()))], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert status == {"codes": [0, 0, 0], "attempts": [], "loaded": []}, status
+    return {"classification": out / "cls", "detection": out / "det", "segmentation": out / "seg", "cls_images": cls_images}
+
+
+def test_predict_classification(predictions):
+    records = json.loads((predictions["classification"] / "predictions.json").read_text())
+    assert [r["file"] for r in records] == [str(p) for p in predictions["cls_images"]]
+    for r in records:
+        assert r["class"] in ("circle", "square", "star", "triangle") and len(r["top_k"]) == 4
+        assert r["top_k"][0]["class"] == r["class"] and abs(sum(t["probability"] for t in r["top_k"]) - 1) < 1e-4
+    assert len(list((predictions["classification"] / "drawn").glob("*.png"))) == 5
+
+
+def test_predict_detection_writes_coco_results(predictions, scenes):
+    results = json.loads((predictions["detection"] / "predictions.json").read_text())
+    images = json.loads((predictions["detection"] / "images.json").read_text())
+    assert len(images) == 8 and {i["id"] for i in images} == set(range(1, 9))
+    assert results and set(results[0]) == {"image_id", "category_id", "bbox", "score", "class"}
+    assert all(r["category_id"] in (1, 2, 3, 4) and len(r["bbox"]) == 4 and r["score"] >= 0.05 for r in results)
+    # COCO tools accept the file as it is.
+    from pycocotools.coco import COCO
+
+    gt = COCO(str(scenes / "annotations" / "instances_val.json"))
+    assert len(gt.loadRes(str(predictions["detection"] / "predictions.json")).getAnnIds()) == len(results)
+    assert len(list((predictions["detection"] / "drawn").glob("*.png"))) == 8
+
+
+def test_predict_segmentation_writes_masks(predictions, scenes):
+    records = json.loads((predictions["segmentation"] / "predictions.json").read_text())
+    assert len(records) == 8
+    for r in records:
+        with Image.open(predictions["segmentation"] / r["mask"]) as mask, Image.open(r["file"]) as image:
+            assert mask.mode == "P" and mask.size == image.size
+            assert np.asarray(mask).max() < 5
+        assert abs(sum(r["pixel_fraction"].values()) - 1) < 1e-3
+    assert len(list((predictions["segmentation"] / "drawn").glob("*.png"))) == 8
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_eval_on_onnx_gives_the_checkpoint_metric(task, runs, models):
+    checkpoint = launch.evaluate(str(runs[task]), [])
+    assert cli.main(["eval", str(models[task])]) == 0
+    onnx_result = json.loads(models[task].with_suffix(".eval.json").read_text())
+    key = checkpoint["primary"]
+    assert onnx_result["primary"] == key and onnx_result["num_images"] == checkpoint["num_images"]
+    assert abs(onnx_result[key] - checkpoint[key]) <= 0.005, (onnx_result[key], checkpoint[key])
+
+
+# --- reduced precision --------------------------------------------------------------------------
+
+def test_int8_export_reports_its_speed_and_accuracy_change(runs, models, tmp_path):
+    path = tmp_path / "cls.int8.onnx"
+    assert cli.main(["export", str(runs["classification"]), "-o", str(path), "--precision", "int8",
+                     "--check-images", "8", "--calibration-images", "16", "--max-metric-drop", "100"]) == 0
+    report = _report(path)
+    int8 = report["checks_int8"]
+    assert int8["validation_metric"]["metric"] == "top1" and "drop_points" in int8["validation_metric"]
+    assert int8["speed"]["ms_per_image_fp32"] > 0 and int8["speed"]["ms_per_image_int8"] > 0
+    assert int8["conversion"]["calibration_images"] == 16
+    model = Model.load(path)
+    assert model.metadata.precision == "int8"
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+    assert path.stat().st_size < models["classification"].stat().st_size / 2
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def _one_line_error(capsys, code: int, argv: list[str], *needles: str) -> str:
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("visionkit: error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_a_file_that_is_not_onnx_is_one_line(tmp_path, capsys, shapes_cls):
+    fake = tmp_path / "model.onnx"
+    fake.write_text("this is not a model")
+    image = next((shapes_cls / "val").rglob("*.png"))
+    _one_line_error(capsys, 2, ["predict", str(fake), str(image), "-o", str(tmp_path / "out")],
+                    str(fake), "not a usable ONNX model")
+    _one_line_error(capsys, 2, ["eval", str(fake)], "not a usable ONNX model")
+
+
+def test_a_model_without_metadata_needs_explicit_flags(models, tmp_path, capsys, shapes_cls):
+    bare = onnx.load(str(models["classification"]))
+    del bare.metadata_props[:]
+    path = tmp_path / "bare.onnx"
+    onnx.save(bare, str(path))
+    images = sorted((shapes_cls / "val").rglob("*.png"))[:4]
+    _one_line_error(capsys, 2, ["predict", str(path), *map(str, images), "-o", str(tmp_path / "a")],
+                    "no visionkit metadata", "--task")
+    _one_line_error(capsys, 2, ["eval", str(path)], "no visionkit metadata")
+    # Described by hand, it runs: this graph normalises itself, so mean 0 / std 1 outside it.
+    classes = ",".join(Model.load(models["classification"]).metadata.classes)
+    assert cli.main(["predict", str(path), *map(str, images), "-o", str(tmp_path / "b"), "--task", "classification",
+                     "--classes", classes, "--input-size", "32x32", "--mean", "0", "0", "0", "--std", "1", "1", "1"]) == 0
+    assert cli.main(["predict", str(models["classification"]), *map(str, images), "-o", str(tmp_path / "c")]) == 0
+    by_hand = json.loads((tmp_path / "b" / "predictions.json").read_text())
+    exported = json.loads((tmp_path / "c" / "predictions.json").read_text())
+    assert [r["class"] for r in by_hand] == [r["class"] for r in exported]
+    _one_line_error(capsys, 2, ["predict", str(path), str(images[0]), "--classes", "a,b"], "give --task too")
+
+
+def test_undecodable_images_and_wrong_channels(models, tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    _one_line_error(capsys, 2, ["predict", str(models["detection"]), str(bad), "-o", str(tmp_path / "o")],
+                    f"{bad}: cannot decode image")
+    model = Model.load(models["segmentation"])
+    from visionkit.errors import DataError
+
+    with pytest.raises(DataError, match=r"image 1: array of shape \(8, 8, 2\)"):
+        model.predict([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 2), np.uint8)])
+    # Grey images are what training made of them too: RGB by repetition.
+    assert model.predict(np.zeros((16, 16), np.uint8))[0]["mask"].shape == (16, 16)
+
+
+def test_a_failed_check_exits_3_and_keeps_the_graph_aside(runs, tmp_path, capsys, monkeypatch):
+    from visionkit.export import checks
+
+    monkeypatch.setattr(checks, "MAX_PREPROCESS_DIFF_LEVELS", -1.0)  # any value now "differs"
+    path = tmp_path / "model.onnx"
+    _one_line_error(capsys, 3, ["export", str(runs["segmentation"]), "-o", str(path), "--check-images", "2"],
+                    "export check failed (preprocessing)")
+    assert not path.exists() and (tmp_path / "model.failed.onnx").is_file()
+    assert _report(path)["ok"] is False
+
+
+def test_export_refuses_what_the_runtime_cannot_replay(runs, tmp_path, capsys):
+    _one_line_error(capsys, 2, ["export", str(runs["segmentation"]),
+                                "data.val_transforms=[{name: CenterCrop, height: 32, width: 32}]", "-o", str(tmp_path / "m.onnx")],
+                    "data.val_transforms[0]", "CenterCrop", "Resize")
+    _one_line_error(capsys, 2, ["export", str(runs["segmentation"]), "model.width=4", "-o", str(tmp_path / "m.onnx")],
+                    "only data.* keys")
+    _one_line_error(capsys, 2, ["export", str(runs["segmentation"]), "-o", str(tmp_path / "m.txt")], "must end in .onnx")

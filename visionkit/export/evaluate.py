@@ -1,0 +1,72 @@
+"""``visionkit eval model.onnx``: the task plugin's own metric on the runtime's predictions.
+
+The validation set is built by the plugin from the data section recorded in the model (or
+``--data ROOT`` / ``data.*`` overrides), exactly as ``visionkit eval`` of the checkpoint builds
+it; the images themselves go through the torch-free runtime, as in deployment. So the two
+evaluations differ only by what ONNX changes. Torch is imported here, for the plugin's dataset
+and metric; the predictions never touch it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import _resolve_paths, apply_overrides, validate_section
+from ..errors import ConfigError, UserError
+from ..registry import get_plugin
+from ..runtime import Model
+
+
+def data_section(model: Model, plugin, data_root: Optional[str], overrides: list[str]):
+    meta = model.metadata
+    bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("data.")]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r}: evaluating an exported model, only data.* keys can be set")
+    raw = {"data": dict(meta.data or {})}
+    if data_root:
+        raw["data"]["root"] = data_root
+    raw = apply_overrides(raw, list(overrides))
+    if not raw["data"].get("root"):
+        raise ConfigError(f"{model.path}: the model records no data section; give --data ROOT (and data.* keys)")
+    source = f"{model.path} (recorded data section{' with overrides' if data_root or overrides else ''})"
+    section = validate_section(plugin.DataConfig, raw["data"], source, prefix="data")
+    _resolve_paths(section, Path.cwd())
+    return section
+
+
+def evaluate_model(model: Model, plugin, dataset, batch_size: int = 8) -> tuple[dict[str, Any], Any]:
+    """The metric over ``dataset`` from the runtime's predictions; returns (result, metric)."""
+    classes = list(model.metadata.classes)
+    if list(dataset.classes) != classes:
+        raise UserError(f"{model.path}: the model's classes {classes} differ from the data's {list(dataset.classes)}")
+    metric = plugin.build_metric(classes)
+    chunk = max(batch_size, 16)
+    for start in range(0, len(dataset), chunk):
+        indices = list(range(start, min(start + chunk, len(dataset))))
+        sources = [plugin.export_source(dataset, i) for i in indices]
+        results = model.predict(sources, batch_size=batch_size, top_k=len(classes))
+        outputs, batch = plugin.runtime_metric_inputs(dataset, indices, results)
+        metric.update(outputs, batch)
+    metric.merge([metric.state()])
+    return metric.compute(), metric
+
+
+def evaluate(path: str, data_root: Optional[str] = None, overrides: list[str] = (), output: Optional[str] = None,
+             batch_size: int = 8, threads: Optional[int] = None) -> dict[str, Any]:
+    from ..fileio import atomic_write_text
+
+    model = Model.load(path, threads=threads)
+    plugin = get_plugin(model.metadata.task)
+    data = data_section(model, plugin, data_root, list(overrides))
+    dataset = plugin.build_dataset(data, "val")
+    tic = time.perf_counter()
+    result, metric = evaluate_model(model, plugin, dataset, batch_size)
+    payload = {"model": str(Path(path).resolve()), "precision": model.metadata.precision,
+               "num_images": len(dataset), "seconds": round(time.perf_counter() - tic, 3),
+               "primary": metric.primary, **result}
+    out = Path(output) if output else Path(path).with_suffix(".eval.json")
+    atomic_write_text(out, json.dumps(payload, indent=1))
+    return payload

@@ -1,0 +1,130 @@
+"""``InferenceService``: one model, one onnxruntime session, shared by every request.
+
+onnxruntime's ``InferenceSession.run`` may be called from several threads at once, and the
+runtime's pre/post-processing keeps no state, so the session is loaded once and requests run
+on a small thread pool (decoding and resizing release the GIL). The event loop only moves
+bytes. With ``max_batch > 1`` images from concurrent requests share graph runs
+(:class:`~visionkit.serving.batcher.MicroBatcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any, Optional, Sequence
+
+from ..errors import UserError
+from ..runtime import Model, to_json
+from ..runtime.preprocess import Prepared
+from .batcher import MicroBatcher
+from .limits import Limits, RequestError
+from .uploads import Upload, decode
+
+#: query parameters /predict understands, with their types; anything else is refused (a typo
+#: such as ``topk=3`` would otherwise be silently ignored)
+OPTIONS = {"top_k": int, "score_thresh": float}
+
+
+class InferenceService:
+    def __init__(self, model: Model, limits: Optional[Limits] = None, max_batch: int = 1,
+                 batch_wait_ms: float = 2.0, workers: Optional[int] = None):
+        self.model = model
+        self.limits = limits or Limits()
+        self.max_batch = max(1, int(max_batch))
+        self.batch_wait_ms = float(batch_wait_ms)
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="visionkit-serve")
+        self.batcher = (MicroBatcher(self._run_graph, self.max_batch, self.batch_wait_ms / 1000.0, self.executor)
+                        if self.max_batch > 1 else None)
+        self.pending = 0
+        self.counts = {"requests": 0, "images": 0, "rejected": 0}
+
+    @classmethod
+    def load(cls, path: str, threads: Optional[int] = None, **kwargs: Any) -> "InferenceService":
+        """``threads``: onnxruntime's intra-op threads (default: all cores)."""
+        return cls(Model.load(path, threads=threads), **kwargs)
+
+    # --- admission ------------------------------------------------------------------------------
+    def admit(self) -> None:
+        """Counts a request in; 503 when ``max_pending`` are already in flight. Pair with :meth:`release`."""
+        if self.pending >= self.limits.max_pending:
+            self.counts["rejected"] += 1
+            raise RequestError(503, f"server busy: {self.pending} requests in flight (limit "
+                                    f"{self.limits.max_pending}); retry shortly", {"Retry-After": "1"})
+        self.pending += 1
+
+    def release(self) -> None:
+        self.pending -= 1
+
+    # --- options --------------------------------------------------------------------------------
+    def options(self, query: dict[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, text in query.items():
+            if key not in OPTIONS:
+                raise RequestError(400, f"unknown query parameter {key!r}; /predict takes {', '.join(OPTIONS)}")
+            try:
+                out[key] = OPTIONS[key](text)
+            except ValueError:
+                raise RequestError(400, f"{key}={text!r}: expected {OPTIONS[key].__name__}") from None
+        if "top_k" in out and not 1 <= out["top_k"] <= len(self.model.metadata.classes):
+            raise RequestError(400, f"top_k={out['top_k']}: expected 1 to {len(self.model.metadata.classes)}")
+        if "score_thresh" in out and not 0.0 <= out["score_thresh"] <= 1.0:
+            raise RequestError(400, f"score_thresh={out['score_thresh']}: expected 0 to 1")
+        return out
+
+    # --- the work -------------------------------------------------------------------------------
+    def _prepare(self, uploads: Sequence[Upload]) -> list[Prepared]:
+        pixels = [decode(u, self.limits.max_pixels) for u in uploads]
+        try:
+            prepared = self.model.preprocess(pixels)
+        except UserError as exc:  # e.g. a fixed-size graph given another size: the client's image
+            raise RequestError(400, str(exc).splitlines()[0]) from None
+        for item, upload in zip(prepared, uploads):
+            item.name = upload.name
+        return prepared
+
+    def _run_graph(self, prepared: Sequence[Prepared]) -> list[dict]:
+        return self.model.outputs_per_image(prepared, self.max_batch)
+
+    def _finish(self, prepared: Sequence[Prepared], outputs: Sequence[dict], options: dict[str, Any]) -> list[dict]:
+        meta = self.model.metadata
+        return [to_json(self.model.task.postprocess(out, item, meta, options)) for out, item in zip(outputs, prepared)]
+
+    async def predict(self, uploads: Sequence[Upload], options: dict[str, Any]) -> list[dict[str, Any]]:
+        """One JSON-able result per upload, as ``visionkit predict`` writes them (a segmentation
+        mask as base64 PNG under ``mask_png``)."""
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self.executor, self._prepare, list(uploads))
+        if self.batcher is not None:
+            outputs = await asyncio.gather(*(self.batcher.submit(p) for p in prepared))
+        else:
+            outputs = await loop.run_in_executor(self.executor, self._run_graph, prepared)
+        results = await loop.run_in_executor(self.executor, self._finish, prepared, outputs, options)
+        self.counts["requests"] += 1
+        self.counts["images"] += len(results)
+        return results
+
+    # --- description ----------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to know about the model; no training-side paths (data, run dir)."""
+        meta = asdict(self.model.metadata)
+        meta.pop("data", None)
+        source = meta.pop("source", {}) or {}
+        meta["source"] = {k: v for k, v in source.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        server = {"limits": self.limits.to_json(), "max_batch": self.max_batch, "batch_wait_ms": self.batch_wait_ms,
+                  "workers": self.workers, "providers": self.model.session.get_providers()}
+        return {"model": self.model.path.name, "summary": self.model.metadata.summary(), "metadata": meta,
+                "server": server}
+
+    def stats(self) -> dict[str, Any]:
+        out = dict(self.counts, pending=self.pending)
+        if self.batcher is not None:
+            out.update(batches=self.batcher.batches, batched_images=self.batcher.items)
+        return out
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
