@@ -233,6 +233,17 @@ def test_int8_export_reports_its_speed_and_accuracy_change(runs, models, tmp_pat
     assert path.stat().st_size < models["classification"].stat().st_size / 2
 
 
+def test_fp16_export_and_its_limit(runs, tmp_path, capsys):
+    path = tmp_path / "seg.fp16.onnx"
+    assert cli.main(["export", str(runs["segmentation"]), "-o", str(path), "--precision", "fp16",
+                     "--check-images", "4"]) == 0
+    fp16 = _report(path)["checks_fp16"]
+    assert fp16["outputs"]["pixel_agreement"] > 0.95 and "fp16" in fp16["validation_metric"]
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(str(path)).graph.initializer)
+    _one_line_error(capsys, 2, ["export", str(runs["detection"]), "-o", str(tmp_path / "d.onnx"), "--precision", "fp16",
+                                "--check-images", "2"], "control flow", "fp32 or int8")
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 def _one_line_error(capsys, code: int, argv: list[str], *needles: str) -> str:
