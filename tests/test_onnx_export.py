@@ -46,12 +46,12 @@ def runs(shapes_cls, scenes, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("onnx_runs")
     return {
         "classification": launch.train(_config("classification"), cls_overrides(shapes_cls, root, "cls", **{
-            "ray.num_workers": 0, "model.name": "resnet18", "train.epochs": 2})),
+            "ray.num_workers": 0, "model.name": "resnet18", "train.epochs": 1})),
         "detection": launch.train(_config("detection"), _common(root, "det") + [
             f"data.root={scenes}", "data.train_transforms=[]", "model.min_size=64", "model.max_size=64",
-            "train.epochs=2", "train.batch_size=4"]),
+            "train.epochs=1", "train.batch_size=4"]),
         "segmentation": launch.train(_config("segmentation"), _common(root, "seg") + [
-            f"data.root={scenes}", "model.width=8", "model.blocks=[1,1,1]", "train.epochs=2", "train.batch_size=4"]),
+            f"data.root={scenes}", "model.width=8", "model.blocks=[1,1,1]", "train.epochs=1", "train.batch_size=4"]),
     }
 
 
