@@ -316,3 +316,37 @@ def test_export_refuses_what_the_runtime_cannot_replay(runs, tmp_path, capsys):
     _one_line_error(capsys, 2, ["export", str(runs["segmentation"]), "model.width=4", "-o", str(tmp_path / "m.onnx")],
                     "only data.* keys")
     _one_line_error(capsys, 2, ["export", str(runs["segmentation"]), "-o", str(tmp_path / "m.txt")], "must end in .onnx")
+
+
+def test_two_stage_detectors_are_traced_per_image(tmp_path):
+    """Faster R-CNN goes through torchvision's own forward, one image of a fixed size per call."""
+    import torch
+
+    from visionkit.export.graph import export_graph
+    from visionkit.plugin import ExportPlan
+    from visionkit.runtime.model import open_session
+    from visionkit_plugins.detection.config import ModelConfig
+    from visionkit_plugins.detection.export import OUTPUTS, PerImageDetectorGraph, match
+    from visionkit_plugins.detection.models import build
+
+    torch.manual_seed(0)
+    model = build(ModelConfig(name="fasterrcnn_mobilenet_v3_large_320_fpn"), num_classes=5).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # spread the scores: an untrained head ties them all
+    x = torch.rand(1, 3, 96, 128)
+    plan = ExportPlan(module=PerImageDetectorGraph(model, 100), output_names=OUTPUTS, dynamic_batch=False,
+                      dynamic_size=False)
+    export_graph(plan, x, tmp_path / "frcnn.onnx", 17)
+    session = open_session(tmp_path / "frcnn.onnx", ["CPUExecutionProvider"])
+    assert [d for d in session.get_inputs()[0].shape] == [1, 3, 96, 128]
+    image = torch.rand(1, 3, 96, 128)
+    boxes, scores, labels, count = session.run(None, {"images": image.numpy()})
+    with torch.no_grad():
+        ref = model(list(image))[0]
+    keep = ref["labels"] > 0
+    found = match({"boxes": ref["boxes"][keep].double().numpy(), "scores": ref["scores"][keep].double().numpy(),
+                   "labels": (ref["labels"][keep] - 1).numpy()},
+                  {"boxes": boxes[0, :count[0]].astype(float), "scores": scores[0, :count[0]].astype(float),
+                   "labels": labels[0, :count[0]]}, score_thresh=0.05)
+    assert count[0] == keep.sum() > 10 and found["unmatched_torch"] == found["unmatched_onnx"] == 0, found
