@@ -46,12 +46,12 @@ def runs(shapes_cls, scenes, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("onnx_runs")
     return {
         "classification": launch.train(_config("classification"), cls_overrides(shapes_cls, root, "cls", **{
-            "ray.num_workers": 0, "model.name": "resnet18", "train.epochs": 2})),
+            "ray.num_workers": 0, "model.name": "resnet18", "train.epochs": 1})),
         "detection": launch.train(_config("detection"), _common(root, "det") + [
             f"data.root={scenes}", "data.train_transforms=[]", "model.min_size=64", "model.max_size=64",
-            "train.epochs=2", "train.batch_size=4"]),
+            "train.epochs=1", "train.batch_size=4"]),
         "segmentation": launch.train(_config("segmentation"), _common(root, "seg") + [
-            f"data.root={scenes}", "model.width=8", "model.blocks=[1,1,1]", "train.epochs=2", "train.batch_size=4"]),
+            f"data.root={scenes}", "model.width=8", "model.blocks=[1,1,1]", "train.epochs=1", "train.batch_size=4"]),
     }
 
 
@@ -233,6 +233,17 @@ def test_int8_export_reports_its_speed_and_accuracy_change(runs, models, tmp_pat
     assert path.stat().st_size < models["classification"].stat().st_size / 2
 
 
+def test_fp16_export_and_its_limit(runs, tmp_path, capsys):
+    path = tmp_path / "seg.fp16.onnx"
+    assert cli.main(["export", str(runs["segmentation"]), "-o", str(path), "--precision", "fp16",
+                     "--check-images", "4"]) == 0
+    fp16 = _report(path)["checks_fp16"]
+    assert fp16["outputs"]["pixel_agreement"] > 0.95 and "fp16" in fp16["validation_metric"]
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(str(path)).graph.initializer)
+    _one_line_error(capsys, 2, ["export", str(runs["detection"]), "-o", str(tmp_path / "d.onnx"), "--precision", "fp16",
+                                "--check-images", "2"], "control flow", "fp32 or int8")
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 def _one_line_error(capsys, code: int, argv: list[str], *needles: str) -> str:
@@ -305,3 +316,37 @@ def test_export_refuses_what_the_runtime_cannot_replay(runs, tmp_path, capsys):
     _one_line_error(capsys, 2, ["export", str(runs["segmentation"]), "model.width=4", "-o", str(tmp_path / "m.onnx")],
                     "only data.* keys")
     _one_line_error(capsys, 2, ["export", str(runs["segmentation"]), "-o", str(tmp_path / "m.txt")], "must end in .onnx")
+
+
+def test_two_stage_detectors_are_traced_per_image(tmp_path):
+    """Faster R-CNN goes through torchvision's own forward, one image of a fixed size per call."""
+    import torch
+
+    from visionkit.export.graph import export_graph
+    from visionkit.plugin import ExportPlan
+    from visionkit.runtime.model import open_session
+    from visionkit_plugins.detection.config import ModelConfig
+    from visionkit_plugins.detection.export import OUTPUTS, PerImageDetectorGraph, match
+    from visionkit_plugins.detection.models import build
+
+    torch.manual_seed(0)
+    model = build(ModelConfig(name="fasterrcnn_mobilenet_v3_large_320_fpn"), num_classes=5).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # spread the scores: an untrained head ties them all
+    x = torch.rand(1, 3, 96, 128)
+    plan = ExportPlan(module=PerImageDetectorGraph(model, 100), output_names=OUTPUTS, dynamic_batch=False,
+                      dynamic_size=False)
+    export_graph(plan, x, tmp_path / "frcnn.onnx", 17)
+    session = open_session(tmp_path / "frcnn.onnx", ["CPUExecutionProvider"])
+    assert [d for d in session.get_inputs()[0].shape] == [1, 3, 96, 128]
+    image = torch.rand(1, 3, 96, 128)
+    boxes, scores, labels, count = session.run(None, {"images": image.numpy()})
+    with torch.no_grad():
+        ref = model(list(image))[0]
+    keep = ref["labels"] > 0
+    found = match({"boxes": ref["boxes"][keep].double().numpy(), "scores": ref["scores"][keep].double().numpy(),
+                   "labels": (ref["labels"][keep] - 1).numpy()},
+                  {"boxes": boxes[0, :count[0]].astype(float), "scores": scores[0, :count[0]].astype(float),
+                   "labels": labels[0, :count[0]]}, score_thresh=0.05)
+    assert count[0] == keep.sum() > 10 and found["unmatched_torch"] == found["unmatched_onnx"] == 0, found

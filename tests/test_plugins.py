@@ -27,6 +27,10 @@ def test_third_party_plugin_is_discovered_and_trains_through_the_cli(toy_plugin,
     assert proc.returncode == 0, proc.stderr
     best = yaml.safe_load((tmp_path / "toy" / "eval_best.json").read_text())
     assert best["accuracy"] >= 0.85 and best["seen"] == 100
+    # A plugin without the export hooks is told so in one line, not with a traceback.
+    proc = run_cli("export", str(tmp_path / "toy"), "-o", str(tmp_path / "toy.onnx"))
+    assert proc.returncode == 2 and "does not support export" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
 
 
 @pytest.fixture

@@ -99,7 +99,10 @@ def export(target: str, output: Optional[str] = None, overrides: list[str] = (),
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     val = run.dataset("val")
-    plan = run.plugin.export_plan(run.model, run.classes, run.sections, ExportOptions(opset=opset, logits=logits))
+    try:
+        plan = run.plugin.export_plan(run.model, run.classes, run.sections, ExportOptions(opset=opset, logits=logits))
+    except NotImplementedError as exc:
+        raise UserError(f"{run.checkpoint}: {exc} (its plugin has no export_plan)") from None
     example = example_input(run, plan, val)
     if not plan.dynamic_size and not any(s.get("op") == "resize" for s in plan.preprocess):
         # A graph traced for one size: the runtime brings other images to it (a no-op for

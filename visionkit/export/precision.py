@@ -2,7 +2,9 @@
 
 * fp16: weights and activations in half precision, input and outputs kept float32 so the
   runtime is unchanged; NMS, TopK and other index-heavy ops stay float32 (onnxruntime's default
-  block list). Meant for GPUs: most x86 CPUs have no fp16 arithmetic and run it slower.
+  block list). Meant for GPUs: x86 CPUs without fp16 arithmetic gain little. Graphs with control
+  flow (the detectors' batched NMS) are refused: the converter wires casts across the If's
+  subgraph boundary and the result is invalid.
 * int8: static quantization in QDQ format, calibrated on training images pre-processed by the
   runtime itself. Only Conv / MatMul / Gemm are quantized: box decoding, NMS, softmax and
   arg-max stay float32, where a coarse grid would move boxes and flip classes for no speed.
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import UserError
 from ..runtime import Model
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -32,12 +35,47 @@ def to_fp16(src: Path, dst: Path) -> None:
 
     model = onnx.load(str(src))
     props = [(p.key, p.value) for p in model.metadata_props]
+    if any(n.op_type in ("If", "Loop", "Scan") for n in model.graph.node):
+        raise UserError("--precision fp16: this graph has control flow (an If from the detector's batched NMS), "
+                        "which onnxruntime's float16 converter miswires; export fp32 or int8 instead")
     with contextlib.redirect_stdout(io.StringIO()):
         half = convert_float_to_float16(model, keep_io_types=True)
+    # The converter appends its input/output casts at the end of the node list; the ONNX
+    # checker (rightly) wants nodes in topological order.
+    _topological_sort(half.graph)
     del half.metadata_props[:]
     for key, value in props:
         half.metadata_props.add(key=key, value=value)
     onnx.save(half, str(dst))
+
+
+def _used_names(node) -> set[str]:
+    """A node's inputs, and the outer-scope names its subgraphs (If/Loop bodies) read."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            inner = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+            inner |= {t.name for t in graph.initializer}
+            for n in graph.node:
+                names |= _used_names(n) - inner
+    return names
+
+
+def _topological_sort(graph) -> None:
+    """Kahn's order over the node list, in place; ties keep the original order."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if _used_names(n) <= available]
+        if not ready:
+            raise RuntimeError(f"fp16 graph has a cycle or an unknown input near node {pending[0].name!r}")
+        for n in ready:
+            available.update(n.output)
+        ordered += ready
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 class _Calibration:
