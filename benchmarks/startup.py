@@ -1,7 +1,9 @@
-"""(b) Seconds from command to first training step: `visionkit train` vs a bare Ray Train script.
+"""(b) Seconds from command to first training step: `visionkit train` vs a bare Ray Train script,
+and `visionkit train --debug-local` (the same loop in the calling process, no Ray).
 
-Both start a fresh Python process, an embedded Ray and a 2-worker TorchTrainer that trains the
-same MLP on the same MNIST-format files; both stamp the wall-clock time of their first step.
+The first two start a fresh Python process, an embedded Ray and a 2-worker TorchTrainer that
+train the same MLP on the same MNIST-format files; the third trains it in the command's own
+process. All stamp the wall-clock time of their first step.
 
     python benchmarks/startup.py [--repeats 2]
 """
@@ -60,7 +62,8 @@ def main() -> None:
         write_idx(tmp / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(tmp / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
     (tmp / "bare.py").write_text(BARE)
-    bare, ours = [], []
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    bare, ours, local = [], [], []
     for r in range(args.repeats):
         stamp = tmp / f"stamp{r}"
         start = time.time()
@@ -71,11 +74,19 @@ def main() -> None:
                                       "ray.num_workers=2", "train.epochs=1", f"output.storage_path={tmp}/runs",
                                       f"output.name=vk{r}", "train.progress=false"])
         ours.append(rows[0]["first_step_unix"] - start)
-    b, o = statistics.median(bare), statistics.median(ours)
+        start, rows, _ = timed_train([str(REPO / "configs/classification/mnist_mlp.yaml"), f"data.root={tmp}",
+                                      "train.epochs=1", f"output.storage_path={tmp}/runs", f"output.name=local{r}",
+                                      "train.progress=false", "--debug-local"])
+        local.append(rows[0]["first_step_unix"] - start)
+    b, o, d = statistics.median(bare), statistics.median(ours), statistics.median(local)
     report("start-up: command to first training step (2 Ray workers, embedded Ray)", [
         "", f"| command | seconds (median of {args.repeats}) |", "|---|---|",
         f"| bare Ray Train script | {b:.1f} |", f"| visionkit train | {o:.1f} |",
-        f"\nratio visionkit / bare: **{o / b:.2f}** (target <= 1.2)"])
+        f"| visionkit train --debug-local | {d:.1f} |",
+        f"\nratio visionkit / bare: **{o / b:.2f}** (target <= 1.2); --debug-local / 2 workers: **{d / o:.2f}**",
+        "\neach run (s): " + "; ".join(f"{name} {', '.join(f'{x:.1f}' for x in xs)}" for name, xs in
+                                      (("bare", bare), ("visionkit", ours), ("--debug-local", local))),
+        f"\nload average at the end: {os.getloadavg()[0]:.1f}"])
 
 
 if __name__ == "__main__":

@@ -101,8 +101,8 @@ class LoopbackCluster:
             try:
                 if ok():
                     return
-            except OSError:
-                pass  # the dashboard is still starting
+            except (OSError, KeyError, ValueError):
+                pass  # the GCS or the dashboard is still starting
             time.sleep(0.5)
         raise TimeoutError(f"the {what} did not come up in {timeout:.0f}s: see {self.tmp}/*.log")
 
@@ -114,19 +114,26 @@ class LoopbackCluster:
             ["--head", "--port", str(self.gcs_port), "--num-cpus", str(self.head_cpus), "--resources", '{"head": 1}',
              "--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
              "--ray-client-server-port", str(free_port())], "head")
-        self._wait("head", lambda: len(self.alive()) == 1, self.head)
-        self.head_id = self.alive()[0]["node_id"]
-        self.start_node()
+        # The second node joins once the head's `ray start` has started its node (it then writes
+        # ray_current_cluster), while the head's dashboard is still coming up.
+        self._wait("head", (self.tmp / "head" / "ray_current_cluster").exists, self.head)
+        self._join_node()
+        self._wait("cluster", lambda: len(self.alive()) == 2, self.node)
+        self.head_id = next(n["node_id"] for n in self.alive() if n["is_head_node"])
+        self.node_id = next(n["node_id"] for n in self.alive() if not n["is_head_node"])
         return self
+
+    def _join_node(self) -> None:
+        self.node = self._ray_start(["--address", self.address, "--num-cpus", str(self.node_cpus),
+                                     "--resources", '{"second": 1}'], "node")
 
     def start_node(self) -> None:
         """(Re)joins the second node; a no-op while it is up."""
         if self.node is not None and self.node.poll() is None:
             return
-        self.node = self._ray_start(["--address", self.address, "--num-cpus", str(self.node_cpus),
-                                     "--resources", '{"second": 1}'], "node")
+        self._join_node()
         self._wait("second node", lambda: len(self.alive()) == 2, self.node)
-        self.node_id = next(n["node_id"] for n in self.alive() if n["node_id"] != self.head_id)
+        self.node_id = next(n["node_id"] for n in self.alive() if not n["is_head_node"])
 
     def raylet_pid(self) -> int:
         return next(pid for pid, comm in _children(self.node.pid) if comm == "raylet")
