@@ -105,12 +105,17 @@ def to_int8(src: Path, dst: Path, sources: Sequence[Any]) -> dict[str, Any]:
     model = Model.load(src, providers=["CPUExecutionProvider"])
     props = [(p.key, p.value) for p in onnx.load(str(src), load_external_data=False).metadata_props]
     reader = _Calibration(model, sources)
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
-        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs advice on the root logger, once per tensor
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        root.setLevel(level)
     quantized = onnx.load(str(dst))
     del quantized.metadata_props[:]
     for key, value in props:
