@@ -101,3 +101,27 @@ def toy_plugin(tmp_path_factory):
     pip("install", "--no-deps", "--no-build-isolation", str(src))
     yield "toy"
     pip("uninstall", "-y", "vk-toy-plugin")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP threads that wait on each other run
+    several times slower than one thread, and small models gain nothing from a second."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """Any attempt to fetch weights fails the test: nothing may download at run time."""
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)

@@ -22,24 +22,6 @@ def scenes(tmp_path_factory) -> Path:
     return synth.scenes(tmp_path_factory.mktemp("scenes"), num_train=8, num_val=2, size=64, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """On a shared 2-core machine, OpenMP threads that wait on each other run up to 6x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def no_downloads(monkeypatch):
-    """Any attempt to fetch weights fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a detection model tried to download weights")
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-
-
 def test_registered_through_the_entry_point():
     assert isinstance(get_plugin("detection"), DetectionPlugin)
 
@@ -145,3 +127,8 @@ def test_model_config_errors():
         plugin.build_model(ModelConfig(name="retinanet_resnet50_fpn", width=8), CLASSES)
     with pytest.raises(ConfigError, match="fixed 320x320"):
         plugin.build_model(ModelConfig(name="ssdlite320_mobilenet_v3_large", min_size=128), CLASSES)
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_offline(one_thread, no_downloads):
+    """Every test here: one torch thread, and no weight downloads."""

@@ -26,7 +26,7 @@ def weights(run_dir: Path) -> dict:
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
 
 
-def test_a_cnn_learns_the_shapes(tmp_path_factory, tmp_path):
+def test_a_cnn_learns_the_shapes(tmp_path_factory, tmp_path, one_thread):
     """ResNet-18 from scratch on 1,200 generated images: well above chance (0.25) in 6 epochs.
     (The full demo config reaches >= 0.95; see benchmarks/README.md.)"""
     from visionkit.data import synth

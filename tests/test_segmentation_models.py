@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,24 +15,6 @@ from visionkit_plugins.segmentation.metric import SegmentationMetric
 from visionkit_plugins.segmentation.models import ModelConfig, UNet, build_model
 
 CLASSES = ["background", "a", "b"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is as fast, and never spins against other processes' threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def no_downloads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model tried to download weights")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
 @pytest.mark.parametrize("name,aux", [
@@ -206,3 +187,8 @@ def test_export_graph_gives_a_class_map_and_logits_on_request():
         assert torch.equal(class_map, logits.argmax(1).to(torch.uint8))
         assert SegmenterGraph(model)(images).shape == (2, 32, 48)
     assert ExportOptions().logits is False
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_offline(one_thread, no_downloads):
+    """Every test here: one torch thread, and no weight downloads."""
