@@ -11,22 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from visionkit.runtime.tasks import palette  # one colour map for plots, predict and serve
+
 from .data import IGNORE_INDEX
 from .metric import decode_sample
-
-
-def palette(num_classes: int) -> np.ndarray:
-    """Pascal VOC's colour map (bit-interleaved), so VOC classes get their familiar colours."""
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colours[i] = (r, g, b)
-    return colours[: max(num_classes, 1)]
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> np.ndarray:

@@ -50,7 +50,8 @@ def _font(size: int):
 
 
 def palette(num_classes: int) -> np.ndarray:
-    """Pascal VOC's colour map (the segmentation plugin's), so class colours match its plots."""
+    """Pascal VOC's colour map (bit-interleaved): VOC classes get their familiar colours, in the
+    segmentation plugin's plots as in predict and serve."""
     colours = np.zeros((256, 3), dtype=np.uint8)
     for i in range(256):
         c, r, g, b = i, 0, 0, 0
