@@ -61,8 +61,9 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 
 class LoopbackCluster:
-    def __init__(self, head_cpus: int = 2, node_cpus: int = 1, env: dict | None = None):
-        self.head_cpus, self.node_cpus = head_cpus, node_cpus
+    def __init__(self, head_cpus: int = 2, node_cpus: int = 1, env: dict | None = None,
+                 system_config: dict | None = None):
+        self.head_cpus, self.node_cpus, self.system_config = head_cpus, node_cpus, system_config
         # Token authentication (Ray's default for a new head) must be switched on explicitly for a
         # node that joins; both use the token in ~/.ray/auth_token (or $RAY_AUTH_TOKEN).
         self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
@@ -97,7 +98,9 @@ class LoopbackCluster:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"ray start for the {what} exited: see {self.tmp}/*.log")
+                log = Path(proc.args[proc.args.index("--temp-dir") + 1] + ".log")
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+                raise RuntimeError(f"ray start for the {what} exited ({log}):\n{tail}")
             try:
                 if ok():
                     return
@@ -113,19 +116,25 @@ class LoopbackCluster:
         self.head = self._ray_start(
             ["--head", "--port", str(self.gcs_port), "--num-cpus", str(self.head_cpus), "--resources", '{"head": 1}',
              "--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-             "--ray-client-server-port", str(free_port())], "head")
+             "--ray-client-server-port", str(free_port()),
+             *(["--system-config", json.dumps(self.system_config)] if self.system_config else [])], "head")
         # The second node joins once the head's `ray start` has started its node (it then writes
         # ray_current_cluster), while the head's dashboard is still coming up.
         self._wait("head", (self.tmp / "head" / "ray_current_cluster").exists, self.head)
         self._join_node()
-        self._wait("cluster", lambda: len(self.alive()) == 2, self.node)
+        try:
+            self._wait("cluster", lambda: len(self.alive()) == 2, self.node)
+        except RuntimeError as exc:  # seen once on a machine at load 13: join again, say why
+            print(f"loopback cluster: the second node's first join failed, joining again: {exc}", file=sys.stderr)
+            self._join_node("node-again")
+            self._wait("cluster", lambda: len(self.alive()) == 2, self.node)
         self.head_id = next(n["node_id"] for n in self.alive() if n["is_head_node"])
         self.node_id = next(n["node_id"] for n in self.alive() if not n["is_head_node"])
         return self
 
-    def _join_node(self) -> None:
+    def _join_node(self, name: str = "node") -> None:
         self.node = self._ray_start(["--address", self.address, "--num-cpus", str(self.node_cpus),
-                                     "--resources", '{"second": 1}'], "node")
+                                     "--resources", '{"second": 1}'], name)
 
     def start_node(self) -> None:
         """(Re)joins the second node; a no-op while it is up."""

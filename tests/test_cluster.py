@@ -27,12 +27,15 @@ CLIENT = {"RAY_AUTH_MODE": "token"}
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = LoopbackCluster(head_cpus=2, node_cpus=1, env=AWS_ENV)
+    # A dead node is declared so after 3 failed health checks 1 s apart instead of Ray's default
+    # of about 15 s (benchmarks/cluster.py measures recovery with the defaults).
+    c = LoopbackCluster(head_cpus=2, node_cpus=1, env=AWS_ENV,
+                        system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3})
     try:
         yield c.start()
     finally:
         c.stop()
-        shutil.rmtree(c.tmp, ignore_errors=True)
+    shutil.rmtree(c.tmp, ignore_errors=True)  # kept when the cluster did not start: its logs
 
 
 def s3_text(client, key: str) -> str:
@@ -93,16 +96,16 @@ def test_object_store_run_killed_then_resumed_from_the_store(cluster, s3, shapes
     endpoint, client = s3
     uri = f"s3://{BUCKET}/runs/killed"
     args = [str(CONFIG), *cls_overrides(shapes_cls, tmp_path, "killed", **{
-        "train.epochs": 4, "train.batch_size": 8, "ray.placement_strategy": "SPREAD",
+        "train.epochs": 3, "train.batch_size": 8, "ray.placement_strategy": "SPREAD",
         "output.storage_path": f"s3://{BUCKET}/runs", "output.s3_endpoint": endpoint}), "--address", cluster.address]
     proc = driver(args, AWS_ENV)
     try:
-        wait_for(lambda: len(epochs_in(s3_text(client, "runs/killed/metrics.jsonl"))) >= 2, proc)
+        wait_for(lambda: epochs_in(s3_text(client, "runs/killed/metrics.jsonl")), proc)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
     done_before = epochs_in(s3_text(client, "runs/killed/metrics.jsonl"))
-    assert 2 <= len(done_before) < 4, done_before
+    assert 1 <= len(done_before) < 3, done_before
     assert not (tmp_path / "killed").exists()  # nothing of the run on the driver's disk
 
     # The endpoint from the standard variable this time (the first run had output.s3_endpoint).
@@ -110,7 +113,7 @@ def test_object_store_run_killed_then_resumed_from_the_store(cluster, s3, shapes
                       env={**AWS_ENV, **CLIENT, "AWS_ENDPOINT_URL": endpoint})
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming at epoch" in resumed.stdout and f"files: {uri}/" in resumed.stdout
-    assert epochs_in(s3_text(client, "runs/killed/metrics.jsonl")) == [0, 1, 2, 3]
+    assert epochs_in(s3_text(client, "runs/killed/metrics.jsonl")) == [0, 1, 2]
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/killed/")["Contents"]}
     for name in ("config.yaml", "workers.json", "eval_best.json", "plots/curves.png", "checkpoints/last.pt",
                  "checkpoints/best.pt"):
@@ -129,7 +132,7 @@ def test_losing_a_node_restarts_on_the_remaining_one(cluster, shapes_cls, tmp_pa
     cluster.start_node()
     run = tmp_path / "lost"
     args = [str(CONFIG), *cls_overrides(shapes_cls, tmp_path, "lost", **{
-        "train.epochs": 4, "train.batch_size": 8, "ray.placement_strategy": "SPREAD", "ray.max_failures": 1}),
+        "train.epochs": 3, "train.batch_size": 8, "ray.placement_strategy": "SPREAD", "ray.max_failures": 1}),
         "--address", cluster.address]
     proc = driver(args)
     try:
@@ -144,7 +147,7 @@ def test_losing_a_node_restarts_on_the_remaining_one(cluster, shapes_cls, tmp_pa
             proc.wait(30)
     assert proc.returncode == 0, out
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3], out
+    assert [r["epoch"] for r in rows] == [0, 1, 2], out
     attempts = json.loads((run / "workers.json").read_text())["attempts"]
     assert len(attempts) == 2, attempts
     assert {w["node_id"] for w in attempts[1]["workers"]} == {cluster.head_id}
