@@ -67,15 +67,43 @@ def _rank_in_image(image: torch.Tensor, n) -> torch.Tensor:
     return (member.cumsum(0) * member).sum(1) - 1
 
 
+class ClasswiseNMS(torch.autograd.Function):
+    """NMS per (image, class): ONNX's ``NonMaxSuppression`` over its batch and class axes.
+
+    torchvision's ``nms`` exports as that op with one image and one class, so a batch needs
+    its boxes offset into one big NMS: quadratic in the boxes of the whole batch, which made
+    batch 8 slower in onnxruntime than eager PyTorch. Eager (and while tracing) this computes
+    the same selection with torchvision's ``nms``, in the op's output order: image, class, score.
+
+    boxes (N, M, 4) xyxy; scores (N, C, M), negative where a box is not a candidate of a class;
+    returns (K, 3) int64 rows (image, class, box), at most ``per_class`` per (image, class).
+    """
+
+    @staticmethod
+    def forward(ctx, boxes: torch.Tensor, scores: torch.Tensor, iou: float, per_class: int) -> torch.Tensor:
+        rows = []
+        for i in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                candidates = torch.nonzero(scores[i, c] > 0).flatten()
+                keep = candidates[box_ops.nms(boxes[i, candidates], scores[i, c, candidates], iou)][:per_class]
+                rows.append(torch.stack([torch.full_like(keep, i), torch.full_like(keep, c), keep], 1))
+        return torch.cat(rows) if rows else boxes.new_zeros((0, 3), dtype=torch.int64)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou: float, per_class: int):
+        const = lambda value, dtype: g.op("Constant", value_t=torch.tensor([value], dtype=dtype))  # noqa: E731
+        return g.op("NonMaxSuppression", boxes, scores, const(per_class, torch.int64),
+                    const(iou, torch.float32), const(0.0, torch.float32))
+
+
 class DenseDetectorGraph(nn.Module):
     """Batched FCOS / RetinaNet inference, step for step as torchvision's eager code.
 
     Normalise; resize as ``GeneralizedRCNNTransform`` (shorter side to ``min_size``, longer at
     most ``max_size``, bilinear); pad to the size divisor; backbone and head; per feature level
     the ``topk_candidates`` best (point, class) scores above ``score_thresh``; decode and clip
-    the boxes; class-wise NMS per image, as one NMS over the batch with boxes offset per
-    (image, class) like torchvision's ``batched_nms``; the ``detections_per_img`` best per image;
-    boxes scaled back to the input's pixels.
+    the boxes; NMS per (image, class), as ``batched_nms`` does for one image; the
+    ``detections_per_img`` best per image; boxes scaled back to the input's pixels.
     """
 
     def __init__(self, model: nn.Module):
@@ -144,18 +172,22 @@ class DenseDetectorGraph(nn.Module):
             boxes_all.append(_clip(boxes, hw))
             scores_all.append(top)
             labels_all.append(index % num_classes)
-        boxes = torch.cat(boxes_all, 1).reshape(-1, 4)
-        scores = torch.cat(scores_all, 1)
+        boxes = torch.cat(boxes_all, 1)  # (N, M, 4)
+        scores = torch.cat(scores_all, 1)  # (N, M), -1 below the threshold
         labels = torch.cat(labels_all, 1)
-        image = torch.arange(n).unsqueeze(1).expand_as(scores).reshape(-1)
-        scores, labels = scores.reshape(-1), labels.reshape(-1)
-        valid = scores > m.score_thresh
-        boxes, scores, labels, image = boxes[valid], scores[valid], labels[valid], image[valid]
-
-        keep = box_ops.batched_nms(boxes, scores, image * num_classes + labels, m.nms_thresh)
-        boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
-        # The first detections_per_img of each image (kept boxes come in descending score order),
-        # then torchvision's background class (label 0) dropped, as the plugin's evaluation does.
+        # Each candidate's score in its class's row, -1 in the others: ONNX's NonMaxSuppression
+        # then suppresses per (image, class) and never compares boxes across images or classes.
+        rows = labels.unsqueeze(1) == torch.arange(num_classes).view(1, -1, 1)
+        by_class = torch.where(rows, scores.unsqueeze(1), torch.full_like(rows, -1.0, dtype=scores.dtype))
+        selected = ClasswiseNMS.apply(boxes, by_class, float(m.nms_thresh), self.detections)
+        image, labels = selected[:, 0], selected[:, 1]
+        flat = image * boxes.shape[1] + selected[:, 2]
+        boxes, scores = boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat]
+        # Image by image, best score first: the order torchvision's per-image NMS returns.
+        order = torch.argsort(image.to(scores.dtype) * 4 - scores)
+        boxes, scores, labels, image = boxes[order], scores[order], labels[order], image[order]
+        # The first detections_per_img of each image, then torchvision's background class
+        # (label 0) dropped, as the plugin's evaluation does.
         take = (_rank_in_image(image, n) < self.detections) & (labels > 0)
         boxes, scores, labels, image = boxes[take], scores[take], labels[take], image[take]
         slot = image * self.detections + _rank_in_image(image, n)

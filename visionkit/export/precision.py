@@ -36,7 +36,7 @@ def to_fp16(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
     props = [(p.key, p.value) for p in model.metadata_props]
     if any(n.op_type in ("If", "Loop", "Scan") for n in model.graph.node):
-        raise UserError("--precision fp16: this graph has control flow (an If from the detector's batched NMS), "
+        raise UserError("--precision fp16: this graph has control flow (If/Loop nodes), "
                         "which onnxruntime's float16 converter miswires; export fp32 or int8 instead")
     with contextlib.redirect_stdout(io.StringIO()):
         half = convert_float_to_float16(model, keep_io_types=True)
