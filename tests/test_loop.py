@@ -1,7 +1,9 @@
 """The training loop's pieces, in this process (``ray.num_workers: 0``): fast and exact."""
 
+import collections
 import json
 import math
+import pickle
 from pathlib import Path
 
 import pytest
@@ -152,7 +154,12 @@ def test_eval_cli_prints_metrics_and_names_bad_targets(shapes_cls, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     proc = run_cli("eval", str(tmp_path / "junk.pt"))
     assert proc.returncode == 2 and "junk.pt: not a readable visionkit checkpoint" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # A pickle of something other than tensors: refused by the weights-only load, in one line.
+    (tmp_path / "code.pt").write_bytes(pickle.dumps(collections.OrderedDict(x=print)))
+    proc = run_cli("eval", str(tmp_path / "code.pt"))
+    assert proc.returncode == 2 and "code.pt: not a readable visionkit checkpoint" in proc.stderr
+    assert "weights-only load refused it" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_debug_local_runs_the_loop_here_and_raises_with_the_traceback(shapes_cls, tmp_path, capsys):

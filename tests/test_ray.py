@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -68,18 +69,23 @@ def test_resume_after_the_driver_is_killed(ray_cluster, shapes_cls, tmp_path):
     assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2, 3]
 
 
+def _train_on_two_workers_then_evaluate(task: str, root: Path, tmp_path: Path):
+    """One epoch of the task's demo config through Ray (2 workers), then its metric with 1 and 2 workers."""
+    run = launch.train(str(REPO / "configs" / task / "shapes.yaml"), [
+        f"data.root={root}", "train.epochs=1", "train.batch_size=4", "train.progress=false",
+        f"output.storage_path={tmp_path}", f"output.name={task}"])
+    one = launch.evaluate(str(run), [], workers=0, output=str(tmp_path / "one.json"))
+    two = launch.evaluate(str(run), [], workers=2, output=str(tmp_path / "two.json"))
+    return run, read_metrics(run)[0], one, two
+
+
 def test_detection_trains_on_two_workers_and_evaluates_like_one_process(ray_cluster, tmp_path):
     """CI-sized: a few detection steps through Ray, then the COCO metric with 1 and 2 workers."""
     from visionkit.data import synth
 
     root = synth.scenes(tmp_path / "scenes", num_train=16, num_val=8, size=128, seed=5)
-    run = launch.train(str(REPO / "configs" / "detection" / "shapes.yaml"), [
-        f"data.root={root}", "train.epochs=1", "train.batch_size=4", "train.progress=false",
-        f"output.storage_path={tmp_path}", "output.name=det"])
-    row = read_metrics(run)[0]
+    _, row, one, two = _train_on_two_workers_then_evaluate("detection", root, tmp_path)
     assert {"train/classification", "train/bbox_regression", "train/bbox_ctrness", "val/mAP", "val/mAP50"} <= set(row)
-    one = launch.evaluate(str(run), [], workers=0, output=str(tmp_path / "one.json"))
-    two = launch.evaluate(str(run), [], workers=2, output=str(tmp_path / "two.json"))
     for key in ("mAP", "mAP50", "mAP75"):
         assert one[key] == two[key], key
 
@@ -89,14 +95,9 @@ def test_segmentation_trains_on_two_workers_and_evaluates_like_one_process(ray_c
     from visionkit.data import synth
 
     root = synth.scenes(tmp_path / "scenes", num_train=16, num_val=6, size=64, seed=6)
-    run = launch.train(str(REPO / "configs" / "segmentation" / "shapes.yaml"), [
-        f"data.root={root}", "train.epochs=1", "train.batch_size=4", "train.progress=false",
-        f"output.storage_path={tmp_path}", "output.name=seg"])
-    row = read_metrics(run)[0]
+    run, row, one, two = _train_on_two_workers_then_evaluate("segmentation", root, tmp_path)
     assert {"train/ce", "train/dice", "val/mIoU", "val/pixel_acc"} <= set(row)
     assert list((run / "plots").glob("*.png")), "no overlays or curves were drawn"
-    one = launch.evaluate(str(run), [], workers=0, output=str(tmp_path / "one.json"))
-    two = launch.evaluate(str(run), [], workers=2, output=str(tmp_path / "two.json"))
     assert one["confusion"] == two["confusion"]
     assert sum(map(sum, one["confusion"])) == 6 * 64 * 64  # every pixel of every image once
     for key in ("mIoU", "pixel_acc", "mAcc"):

@@ -168,6 +168,8 @@ def test_serve_user_errors_are_one_line(tmp_path, tiny):
         port = taken.getsockname()[1]
         busy = run_cli("serve", str(tiny), "--port", str(port))
     assert busy.returncode == 2 and f"--port {port}: cannot listen there (the port is in use)" in busy.stderr
+    out_of_range = run_cli("serve", str(tiny), "--port", "70000")
+    assert out_of_range.returncode == 2 and "(a port is 0-65535)" in out_of_range.stderr, out_of_range.stderr
 
 
 def test_body_limit_holds_without_content_length(server):

@@ -1,4 +1,5 @@
-"""Atomic writes: a crash mid-write leaves the previous file intact, never a torn one."""
+"""Run files: atomic writes (a crash mid-write leaves the previous file intact, never a torn
+one) and the one safe reader of PyTorch files."""
 
 from __future__ import annotations
 
@@ -41,16 +42,36 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda fh: torch.save(obj, fh), "wb")
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Loads tensors and plain containers only: a checkpoint can never run code."""
+def torch_load(path: Path) -> Any:
+    """Loads tensors and plain containers only (``weights_only``): a file can never run code.
+
+    Raises ValueError with a one-line reason: torch's own message for a refused file is a page
+    of advice about ``weights_only`` that would bury the file name.
+    """
+    import pickle
+    import warnings
+
     import torch
 
+    try:
+        with warnings.catch_warnings():
+            # A plain pickle (not torch.save's zip) gets a protocol warning before it is refused.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError("not a PyTorch file of tensors and plain containers; a weights-only load refused it") from None
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise ValueError(f"{type(exc).__name__}: {lines[0] if lines else 'unreadable'}") from None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
     from .errors import UserError
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable visionkit checkpoint ({type(exc).__name__}: {exc})") from None
+        return torch_load(path)
+    except ValueError as exc:
+        raise UserError(f"{path}: not a readable visionkit checkpoint ({exc})") from None

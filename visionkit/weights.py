@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .fileio import torch_load
 
 
 def read_state_dict(path: Path | str, field: str = "weights") -> dict[str, torch.Tensor]:
@@ -21,9 +22,9 @@ def read_state_dict(path: Path | str, field: str = "weights") -> dict[str, torch
     if not path.is_file():
         raise ConfigError(f"model.{field}: {path} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"model.{field}: {path} is not a readable weights file ({type(exc).__name__}: {exc})") from None
+        state = torch_load(path)
+    except ValueError as exc:
+        raise ConfigError(f"model.{field}: {path} is not a readable weights file ({exc})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a visionkit checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

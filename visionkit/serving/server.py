@@ -31,9 +31,12 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         sock.close()
-        why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        if isinstance(exc, OverflowError):
+            why = "a port is 0-65535"
+        else:
+            why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         raise UserError(f"--host {host} --port {port}: cannot listen there ({why})") from None
     sock.listen(512)
     sock.set_inheritable(True)
