@@ -90,3 +90,45 @@ def test_resolved_config_saved_in_run_dir(tmp_path, shapes_cls):
     assert saved["train"]["epochs"] == 1 and saved["model"]["name"] == "mlp"
     assert saved["data"]["root"] == str(shapes_cls)  # absolute: workers may run elsewhere
     assert saved["data"]["on_corrupt"] == "fail"  # defaults are spelled out
+
+
+def test_unreadable_or_misfit_settings_are_one_line_config_errors(tmp_path, shapes_cls):
+    from conftest import cls_overrides
+    from visionkit.train import launch
+
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00task: x")
+    with pytest.raises(ConfigError, match="binary.yaml: cannot read the config file"):
+        load_config(binary, [])
+    for overrides, expect in [
+        ({"ray.resources_per_worker": "{CPU: 1, GPU: 1}"}, "ray.use_gpu: true or drop the GPU entry"),
+        ({"ray.resources_per_worker": "{CPU: -1}"}, "amounts must be >= 0"),
+        ({"output.name": "a/b"}, "output.name: 'a/b' must be one folder name"),
+    ]:
+        base = cls_overrides(shapes_cls, tmp_path, "x", **{"ray.num_workers": 0})
+        with pytest.raises(ConfigError, match=expect.replace("(", r"\(").replace(".", r"\.")):
+            launch.train(str(DEMO), [o for o in base if o.split("=")[0] not in overrides] +
+                         [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_can_simply_run_again(tmp_path, shapes_cls):
+    """A wrong address or a full cluster leaves config.yaml and nothing else: the same command
+    (same output.name, as a RayJob manifest has) must not dead-end on 'run directory exists'."""
+    from conftest import cls_overrides
+    from visionkit.errors import UserError
+    from visionkit.train import launch
+    from visionkit.train.runlog import read_metrics
+
+    overrides = cls_overrides(shapes_cls, tmp_path, "again", **{"ray.num_workers": 0, "train.epochs": 1})
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "config.yaml").write_text("task: classification\n")  # the failed attempt's
+    run = launch.train(str(DEMO), overrides)
+    assert [r["epoch"] for r in read_metrics(run)] == [0]
+    with pytest.raises(UserError, match="run directory exists"):  # now it has a checkpoint to keep
+        launch.train(str(DEMO), overrides)
+    # Evaluating a checkpoint outside a run folder writes beside it, not two levels up.
+    loose = tmp_path / "loose" / "best.pt"
+    loose.parent.mkdir()
+    loose.write_bytes((run / "checkpoints" / "best.pt").read_bytes())
+    launch.evaluate(str(loose), [])
+    assert (tmp_path / "loose" / "best.eval.json").is_file() and not (tmp_path / "eval.json").exists()

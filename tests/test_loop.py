@@ -176,3 +176,24 @@ def test_debug_local_runs_the_loop_here_and_raises_with_the_traceback(shapes_cls
     assert "num_workers: 0" in saved and "loader_workers: 0" in saved
     with pytest.raises(DataError):
         cli.main(["train", CONFIG, *cls_overrides(tmp_path / "missing", tmp_path, "dbg2"), "--debug-local"])
+
+
+def test_a_newer_resume_file_wins_over_rays_older_snapshot(tmp_path, monkeypatch):
+    """A Ray run to epoch 4, continued in-process (--debug-local) to 9, then --resume'd on Ray
+    workers again: Ray still holds its epoch-4 snapshot of the same run, and must not win."""
+    import ray.train
+
+    from visionkit.fileio import atomic_torch_save
+    from visionkit.train.context import STATE_FILE, RayWorker
+
+    snapshot = tmp_path / "ray_checkpoint"
+    atomic_torch_save({"epoch": 4}, snapshot / STATE_FILE)
+    atomic_torch_save({"epoch": 9}, tmp_path / "last.pt")
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(snapshot)))
+    worker = object.__new__(RayWorker)
+    worker._resume_from, worker._s3_endpoint = str(tmp_path / "last.pt"), None
+    assert worker.restored_state()["epoch"] == 9
+    atomic_torch_save({"epoch": 12}, snapshot / STATE_FILE)  # a restart after a failure: Ray's is newer
+    assert worker.restored_state()["epoch"] == 12
+    worker._resume_from = None
+    assert worker.restored_state()["epoch"] == 12

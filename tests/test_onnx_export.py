@@ -234,6 +234,26 @@ def test_eval_on_onnx_gives_the_checkpoint_metric(task, runs, models):
     assert abs(onnx_result[key] - checkpoint[key]) <= 0.005, (onnx_result[key], checkpoint[key])
 
 
+def test_segmentation_eval_scores_at_the_validation_resize(scenes, tmp_path):
+    """With a validation Resize the metric scores at the resized size: the runtime hands eval
+    the graph's class map as it is, not resized to the photo and back (not the identity)."""
+    run = launch.train(_config("segmentation"), _common(tmp_path, "seg40") + [
+        f"data.root={scenes}", "model.width=8", "model.blocks=[1,1,1]", "train.epochs=1", "train.batch_size=4",
+        "data.val_transforms=[{name: Resize, height: 40, width: 40}]"])
+    path = tmp_path / "seg40.onnx"
+    assert cli.main(["export", str(run), "-o", str(path), "--check-images", "4"]) == 0
+    model = Model.load(path)
+    files = sorted((scenes / "images" / "val").glob("*.png"))[:3]
+    graph = model.run(np.stack([p.array for p in model.preprocess(files)]))["class_map"]
+    for k, result in enumerate(model.predict(files, graph_size=True)):
+        assert np.array_equal(result["mask"], graph[k])
+    assert all(r["mask"].shape == (64, 64) for r in model.predict(files))  # predict: the photo's size
+    checkpoint = launch.evaluate(str(run), [])
+    assert cli.main(["eval", str(path)]) == 0
+    onnx_result = json.loads(path.with_suffix(".eval.json").read_text())
+    assert abs(onnx_result["mIoU"] - checkpoint["mIoU"]) <= 0.005, (onnx_result["mIoU"], checkpoint["mIoU"])
+
+
 # --- reduced precision --------------------------------------------------------------------------
 
 def test_int8_export_reports_its_speed_and_accuracy_change(runs, models, tmp_path):
@@ -314,6 +334,22 @@ def test_a_model_without_metadata_needs_explicit_flags(models, tmp_path, capsys,
     exported = json.loads((tmp_path / "c" / "predictions.json").read_text())
     assert [r["class"] for r in by_hand] == [r["class"] for r in exported]
     _one_line_error(capsys, 2, ["predict", str(path), str(images[0]), "--classes", "a,b"], "give --task too")
+
+
+def test_eval_of_an_export_keeps_the_training_preprocessing(models, tmp_path, capsys):
+    _one_line_error(capsys, 2, ["eval", str(models["classification"]), "data.mean=[0,0,0]"],
+                    "data.mean is fixed by the training run")
+    _one_line_error(capsys, 2, ["eval", str(models["classification"]), "model.name=mlp"], "only data.* keys")
+
+
+def test_outputs_never_overwrite_each_other_and_unwritable_ones_are_one_line(models, scenes, tmp_path, capsys):
+    from visionkit.runtime.output import _unique_stems
+
+    assert _unique_stems([Path("a/x.png"), Path("b/x.png"), Path("c/x-2.png")]) == ["x", "x-2", "x-2-2"]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    image = str(sorted((scenes / "images" / "val").glob("*.png"))[0])
+    _one_line_error(capsys, 2, ["predict", str(models["segmentation"]), image, "-o", str(blocker / "out")], str(blocker))
 
 
 def test_undecodable_images_and_wrong_channels(models, tmp_path, capsys):

@@ -67,3 +67,17 @@ def test_broken_plugin_is_named_with_its_cause_and_does_not_hide_others(broken_p
     proc = run_cli("train", str(config))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "task plugin 'broken'" in proc.stderr and "a_module_that_does_not_exist" in proc.stderr
+
+
+def test_a_plugin_that_cannot_be_created_is_named_with_the_cause():
+    import pytest
+
+    from visionkit.errors import PluginError
+    from visionkit.registry import PluginEntry
+
+    abstract = PluginEntry("half", "visionkit.plugin:TaskPlugin", "half 0.1")  # abstract methods left out
+    with pytest.raises(PluginError, match=r"task plugin 'half' .* cannot be created: TypeError: .*abstract"):
+        abstract.load()
+    wrong = PluginEntry("path", "pathlib:Path", "path 0.1")
+    with pytest.raises(PluginError, match="is a Path, expected a visionkit.plugin.TaskPlugin subclass"):
+        wrong.load()

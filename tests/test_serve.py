@@ -207,3 +207,30 @@ def test_a_stalled_body_gets_408(server):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"].startswith("request body not received")
+
+
+def test_a_chunked_body_whose_last_chunk_crosses_the_limit_gets_413():
+    """uvicorn often hands over a body's last data and its end in one message: nothing is left
+    to drain, and the answer is still 413 (it was a 500 'Stream consumed')."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from visionkit.serving.app import bounded_stream
+    from visionkit.serving.limits import RequestError
+
+    async def read(messages) -> int:
+        async def receive():
+            return messages.pop(0)
+
+        request = Request({"type": "http", "method": "POST", "path": "/predict", "headers": []}, receive)
+        return sum([len(chunk) async for chunk in bounded_stream(request, 1000)])
+
+    with pytest.raises(RequestError) as err:
+        asyncio.run(read([{"type": "http.request", "body": b"\0" * 1500, "more_body": False}]))
+    assert err.value.status == 413
+    with pytest.raises(RequestError) as err:
+        asyncio.run(read([{"type": "http.request", "body": b"\0" * 600, "more_body": True},
+                          {"type": "http.request", "body": b"\0" * 600, "more_body": False}]))
+    assert err.value.status == 413
+    assert asyncio.run(read([{"type": "http.request", "body": b"\0" * 999, "more_body": False}])) == 999

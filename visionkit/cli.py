@@ -84,7 +84,7 @@ def _cmd_predict(args) -> int:
     if args.task:
         if not args.classes:
             raise UserError("predict: --task needs --classes (a file with one name per line, or a,b,c)")
-        size = [int(v) for v in args.input_size.lower().replace("x", " ").split()] if args.input_size else None
+        size = _input_size(args.input_size) if args.input_size else None
         metadata = foreign_metadata(args.task, _parse_classes(args.classes), size, args.mean, args.std, args.channels)
     elif args.classes or args.input_size or args.mean or args.std:
         raise UserError("predict: --classes/--input-size/--mean/--std describe a model without visionkit metadata; "
@@ -153,6 +153,14 @@ def _cmd_mnist(args) -> int:
     return 0
 
 
+def _input_size(text: str) -> list[int]:
+    """--input-size: ``S`` or ``HxW``, positive integers."""
+    parts = text.lower().replace("x", " ").split()
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"predict: --input-size {text!r}: expected S or HxW in pixels, e.g. 224 or 480x640")
+    return [int(p) for p in parts]
+
+
 def _cmd_serve(args) -> int:
     """Torch-free, like predict: the server process imports visionkit.runtime and Starlette only."""
     from .serving.limits import Limits
@@ -160,6 +168,14 @@ def _cmd_serve(args) -> int:
 
     require_packages()
 
+    import math
+
+    for flag, value in (("--max-body-mb", args.max_body_mb), ("--max-megapixels", args.max_megapixels),
+                        ("--batch-wait-ms", args.batch_wait_ms)):
+        if not math.isfinite(value):
+            raise UserError(f"serve: {flag} must be a finite number, got {value}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"serve: --workers must be at least 1, got {args.workers}")
     try:
         limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1e6),
                         max_images=args.max_images, max_pending=args.max_pending, body_timeout_s=args.body_timeout)
@@ -288,6 +304,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         print(f"visionkit: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A file the user named cannot be written or read (read-only folder, a file where a
+        # folder should be, disk full): say which, without a traceback.
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"visionkit: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("visionkit: interrupted", file=sys.stderr)
         return 130

@@ -123,6 +123,8 @@ def read_yaml(path: Path, label: Optional[str] = None) -> dict[str, Any]:
         raise ConfigError(f"{label}: config file not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{label}: cannot read the config file ({getattr(exc, 'strerror', None) or exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

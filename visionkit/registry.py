@@ -32,13 +32,14 @@ class PluginEntry:
                 f"task plugin {self.name!r} ({self.target}, from {self.distribution}) failed to "
                 f"import: {type(exc).__name__}: {exc}"
             ) from exc
-        plugin = obj() if isinstance(obj, type) else obj
-        if not isinstance(plugin, TaskPlugin):
-            raise PluginError(
-                f"task plugin {self.name!r} ({self.target}, from {self.distribution}) is a "
-                f"{type(plugin).__name__}, expected a visionkit.plugin.TaskPlugin subclass"
-            )
-        return plugin
+        where = f"task plugin {self.name!r} ({self.target}, from {self.distribution})"
+        if not (isinstance(obj, TaskPlugin) or (isinstance(obj, type) and issubclass(obj, TaskPlugin))):
+            name = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+            raise PluginError(f"{where} is a {name}, expected a visionkit.plugin.TaskPlugin subclass")
+        try:
+            return obj() if isinstance(obj, type) else obj
+        except Exception as exc:  # e.g. an abstract method left out
+            raise PluginError(f"{where} cannot be created: {type(exc).__name__}: {exc}") from exc
 
 
 def entries() -> dict[str, PluginEntry]:

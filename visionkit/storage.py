@@ -191,7 +191,8 @@ class RunStore:
     def push(self, local: Path) -> int:
         """Uploads every file that changed since the last push or pull; returns how many."""
         sent = 0
-        for path in sorted(local.rglob("*")):
+        # Checkpoints last: a push cut short never leaves a checkpoint ahead of the log.
+        for path in sorted(local.rglob("*"), key=lambda p: (p.relative_to(local).parts[0] == "checkpoints", str(p))):
             rel = path.relative_to(local).as_posix()
             if not path.is_file() or any(part.startswith(".") for part in rel.split("/")):
                 continue  # atomic writes' temp files

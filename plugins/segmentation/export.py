@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from visionkit.plugin import ExportOptions, ExportPlan, resize_steps
+from visionkit.runtime.tasks import nearest
 
 from .metric import predicted_classes
 
@@ -75,12 +76,6 @@ def compare_exported(reference: list[dict[str, Any]], exported: list[dict[str, A
     return result
 
 
-def _nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    rows = np.minimum((np.arange(shape[0]) * mask.shape[0] / shape[0]).astype(np.int64), mask.shape[0] - 1)
-    cols = np.minimum((np.arange(shape[1]) * mask.shape[1] / shape[1]).astype(np.int64), mask.shape[1] - 1)
-    return mask[rows[:, None], cols[None, :]]
-
-
 def runtime_metric_inputs(dataset, indices: Sequence[int], results: list[dict[str, Any]], collate):
     """The dataset's (image, mask) batch, and the runtime's maps at the masks' size, padded alike."""
     samples = [dataset[i] for i in indices]
@@ -89,7 +84,7 @@ def runtime_metric_inputs(dataset, indices: Sequence[int], results: list[dict[st
     for k, ((_, target), result) in enumerate(zip(samples, results)):
         h, w = target.shape
         mask = result["mask"]
-        if mask.shape != (h, w):  # a validation Resize: the metric scores at the resized size
-            mask = _nearest(mask, (h, w))
+        if mask.shape != (h, w):  # a foreign model's output size
+            mask = nearest(mask, (h, w))
         preds[k, :h, :w] = torch.from_numpy(np.ascontiguousarray(mask))
     return preds, (images, masks)

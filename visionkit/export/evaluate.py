@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..config import _resolve_paths, apply_overrides, validate_section
 from ..errors import ConfigError, UserError
@@ -20,11 +20,25 @@ from ..registry import get_plugin
 from ..runtime import Model
 
 
+#: data keys that decide what the model sees: fixed by training, whatever data is used
+FIXED_DATA_KEYS = ("image_size", "channels", "mean", "std", "val_transforms", "classes")
+
+
+def check_data_overrides(overrides: Sequence[str], what: str) -> None:
+    """Where the data is may change; how it is pre-processed may not (the graph bakes it in,
+    and a parity check against PyTorch with the same change could not notice)."""
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if not key.startswith("data."):
+            raise ConfigError(f"override {override!r}: {what}, only data.* keys can be set")
+        if key.split(".")[1] in FIXED_DATA_KEYS:
+            raise ConfigError(f"override {override!r}: {key} is fixed by the training run (the model was trained "
+                              f"with it); {what}, only where the data is can change")
+
+
 def data_section(model: Model, plugin, data_root: Optional[str], overrides: list[str]):
     meta = model.metadata
-    bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("data.")]
-    if bad:
-        raise ConfigError(f"override {bad[0]!r}: evaluating an exported model, only data.* keys can be set")
+    check_data_overrides(overrides, "evaluating an exported model")
     raw = {"data": dict(meta.data or {})}
     if data_root:
         raw["data"]["root"] = data_root
@@ -47,10 +61,11 @@ def evaluate_model(model: Model, plugin, dataset, batch_size: int = 8) -> tuple[
     for start in range(0, len(dataset), chunk):
         indices = list(range(start, min(start + chunk, len(dataset))))
         sources = [plugin.export_source(dataset, i) for i in indices]
-        results = model.predict(sources, batch_size=batch_size, top_k=len(classes))
+        # graph_size: segmentation maps at the validation transform's size, where the metric scores
+        results = model.predict(sources, batch_size=batch_size, top_k=len(classes), graph_size=True)
         outputs, batch = plugin.runtime_metric_inputs(dataset, indices, results)
         metric.update(outputs, batch)
-    metric.merge([metric.state()])
+    metric.merge([metric.state()])  # the contract: compute() follows a merge, as in training's eval
     return metric.compute(), metric
 
 

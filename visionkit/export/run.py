@@ -13,6 +13,7 @@ from ..errors import ConfigError, UserError
 from ..fileio import load_checkpoint
 from ..plugin import TaskPlugin
 from ..registry import get_plugin
+from .evaluate import check_data_overrides
 
 
 @dataclass
@@ -28,7 +29,9 @@ class LoadedRun:
 
     @property
     def run_dir(self) -> Path:
-        return self.checkpoint.parent.parent
+        """RUN/checkpoints/x.pt -> RUN; a checkpoint anywhere else -> its own folder."""
+        parent = self.checkpoint.parent
+        return parent.parent if parent.name == "checkpoints" else parent
 
     def dataset(self, split: str):
         return self.plugin.build_dataset(self.sections.data, split)
@@ -41,10 +44,7 @@ def find_checkpoint(target: str) -> Path:
 
 
 def load_run(target: str, overrides: list[str]) -> LoadedRun:
-    """Only ``data.*`` may be overridden: the model must be the one that was trained."""
-    bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("data.")]
-    if bad:
-        raise ConfigError(f"override {bad[0]!r}: only data.* keys can be changed for export/eval of a trained model")
+    check_data_overrides(overrides, "for export or eval of a trained model")
     checkpoint = find_checkpoint(target)
     state = load_checkpoint(checkpoint)
     if "config" not in state or "classes" not in state or "model" not in state:
@@ -59,5 +59,9 @@ def load_run(target: str, overrides: list[str]) -> LoadedRun:
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
     classes = list(state["classes"])
     model = plugin.build_model(sections.model, classes, sections.data)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{checkpoint}: its weights do not fit the model its config builds "
+                        f"({str(exc).strip().splitlines()[-1].strip()})") from None
     return LoadedRun(checkpoint, state, cfg, plugin, sections, classes, model.eval(), source)

@@ -14,12 +14,16 @@ CHUNK = 64  # images per predict() call: bounded memory on large folders
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
+    """One output name per input: a/x.png, b/x.png and x-2.png must not overwrite each other."""
+    used: set[str] = set()
     out = []
     for p in paths:
-        stem = p.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        out.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+        stem, n = p.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{p.stem}-{n}"
+        used.add(stem)
+        out.append(stem)
     return out
 
 

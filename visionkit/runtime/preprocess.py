@@ -60,7 +60,7 @@ def decode(source: ImageInput, index: int = 0) -> np.ndarray:
                 return np.asarray(img.convert("RGB"))
         if isinstance(source, Image.Image):
             return np.asarray(source.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from None
     raise DataError(f"{name}: expected an image file path, encoded bytes, a PIL image or a numpy array, "
                     f"got {type(source).__name__}")

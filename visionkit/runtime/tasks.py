@@ -152,10 +152,10 @@ class Segmentation(TaskRuntime):
             classes = outputs[meta.outputs[0]].argmax(axis=0)
         mask = np.asarray(classes, dtype=np.uint8).reshape(image.size)
         h0, w0 = image.orig_size
-        if mask.shape != (h0, w0):  # nearest neighbour, as masks are resized in training
-            rows = np.minimum((np.arange(h0) * mask.shape[0] / h0).astype(np.int64), mask.shape[0] - 1)
-            cols = np.minimum((np.arange(w0) * mask.shape[1] / w0).astype(np.int64), mask.shape[1] - 1)
-            mask = mask[rows[:, None], cols[None, :]]
+        # Back at the original size, unless ``graph_size`` (evaluation: the metric scores at the
+        # validation Resize's size, and resizing there and back is not the identity).
+        if mask.shape != (h0, w0) and not options.get("graph_size"):
+            mask = nearest(mask, (h0, w0))
         counts = np.bincount(mask.reshape(-1), minlength=len(meta.classes))[: len(meta.classes)]
         total = max(int(mask.size), 1)
         fractions = {meta.classes[i]: round(float(c) / total, 6) for i, c in enumerate(counts) if c}
@@ -191,6 +191,13 @@ def task_runtime(name: str) -> TaskRuntime:
             return obj() if isinstance(obj, type) else obj
     raise ModelError(f"no runtime for task {name!r}: built in are {', '.join(BUILT_IN)}; a plugin adds one "
                      f"through the {ENTRY_POINT_GROUP!r} entry-point group")
+
+
+def nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a class map, as masks are resized in training."""
+    rows = np.minimum((np.arange(shape[0]) * mask.shape[0] / shape[0]).astype(np.int64), mask.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) * mask.shape[1] / shape[1]).astype(np.int64), mask.shape[1] - 1)
+    return mask[rows[:, None], cols[None, :]]
 
 
 def to_json(result: dict[str, Any], mask_path: Optional[str] = None) -> dict[str, Any]:

@@ -44,10 +44,13 @@ DRAIN_FACTOR = 4
 
 async def _reject(request: Request, limit: int, message: str, read: int = 0) -> None:
     if "100-continue" not in request.headers.get("expect", "").lower():
-        async for chunk in request.stream():
-            read += len(chunk)
-            if read > DRAIN_FACTOR * limit:
-                break
+        try:
+            async for chunk in request.stream():
+                read += len(chunk)
+                if read > DRAIN_FACTOR * limit:
+                    break
+        except RuntimeError:
+            pass  # the chunk over the limit was the body's last: nothing left to drain
     raise too_large(message)
 
 

@@ -107,14 +107,17 @@ class RayWorker(LocalWorker):
             sampler.set_epoch(epoch)
 
     def restored_state(self):
-        """Ray's latest checkpoint wins (a restart after a failure); else ``--resume``'s file."""
+        """The later of Ray's latest checkpoint (a restart after a failure) and ``--resume``'s
+        file: a run continued in-process (``--debug-local``) moves ``last.pt`` past Ray's."""
         import ray.train
 
+        resumed = super().restored_state()
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            return super().restored_state()
+            return resumed
         with checkpoint.as_directory() as d:
-            return load_checkpoint(Path(d) / STATE_FILE)
+            ray_state = load_checkpoint(Path(d) / STATE_FILE)
+        return resumed if resumed is not None and resumed["epoch"] > ray_state["epoch"] else ray_state
 
     def progress(self, total, desc):
         # Drawn by the driver: plain tqdm's carriage returns garble forwarded worker logs.

@@ -29,6 +29,13 @@ def _plugin_for(cfg: Config, source: str):
 def _check_devices(cfg: Config, source: str) -> None:
     if cfg.train.amp == "fp16" and not cfg.ray.use_gpu:
         raise ConfigError(f"{source}: train.amp: fp16 needs ray.use_gpu: true (on CPU use bf16 or off)")
+    resources = cfg.ray.resources_per_worker
+    bad = {k: v for k, v in resources.items() if v < 0}
+    if bad:
+        raise ConfigError(f"{source}: ray.resources_per_worker: amounts must be >= 0, got {bad}")
+    if resources.get("GPU", 0) > 0 and not cfg.ray.use_gpu:
+        raise ConfigError(f"{source}: ray.resources_per_worker asks for GPU: {resources['GPU']:g} with ray.use_gpu: "
+                          "false; set ray.use_gpu: true or drop the GPU entry")
 
 
 def _preflight(plugin, sections) -> None:
@@ -261,6 +268,8 @@ def _open_resumed(target: str, overrides: list[str]):
 def _new_run(cfg: Config, source_path: Path):
     out = cfg.output
     name = out.name or f"{source_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ConfigError(f"output.name: {name!r} must be one folder name (put parent folders in output.storage_path)")
     if is_remote(out.storage_path):
         out.s3_endpoint = out.s3_endpoint or default_endpoint()  # saved with the config, for every worker
         run = RunStore(out.storage_path, name, out.s3_endpoint)
@@ -269,7 +278,9 @@ def _new_run(cfg: Config, source_path: Path):
             raise ConfigError(f"output.storage_path: {out.storage_path!r} is relative and this is a Ray job: the run "
                               "would land in the job's temporary working directory; give an absolute shared path or s3://...")
         run = LocalRun(Path(out.storage_path).resolve() / name)
-    if run.exists("config.yaml"):
+    # A directory whose run stopped before its first checkpoint (a wrong address, no room on the
+    # cluster) holds nothing to keep: the same command runs again there.
+    if run.exists("checkpoints/last.pt"):
         raise UserError(f"{run.uri}: run directory exists; continue it with --resume {run.uri} or set output.name")
     out.storage_path, out.name = run.storage_path, name
     return run
@@ -357,7 +368,13 @@ def evaluate(target: str, overrides: list[str], workers: int = 0, output: Option
     cfg = validate_section(Config, raw, source)
     plugin = _plugin_for(cfg, source)
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
-    out = Path(output).resolve() if output else checkpoint.parent.parent / "eval.json"
+    if output:
+        out = Path(output).resolve()
+    elif checkpoint.parent.name == "checkpoints":
+        out = checkpoint.parent.parent / "eval.json"  # RUN/checkpoints/best.pt -> RUN/eval.json
+    else:
+        out = checkpoint.with_suffix(".eval.json")
+    out.unlink(missing_ok=True)  # never report a stale file if the job fails to write it
     job = {"config": resolved_dict(cfg, sections), "source": source, "checkpoint": str(checkpoint),
            "output": str(out)}
     from . import loop

@@ -242,11 +242,12 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
         if ctx.rank == 0:
             # Plots cost seconds while the other workers wait: every 5th epoch and the last.
             log.epoch(row, result, plot=(epoch + 1) % 5 == 0 or epoch + 1 == t.epochs)
-            state_file = save_checkpoint(run_dir, task, classes, unwrap(model), optimizer, scheduler, scaler, epoch, best,
-                                         is_best=result is not None and best["epoch"] == epoch)
-            if result is not None and best["epoch"] == epoch:
+            is_best = result is not None and best["epoch"] == epoch
+            if is_best:  # before best.pt: a crash between the two never leaves eval_best.json behind it
                 log.best(result, epoch, metric.primary)
                 task.plugin.write_visuals(result, classes, log.plots)
+            state_file = save_checkpoint(run_dir, task, classes, unwrap(model), optimizer, scheduler, scaler, epoch, best,
+                                         is_best=is_best)
             if store is not None:
                 # Before Ray commits the checkpoint: the store never lags behind it.
                 store.push(run_dir)
