@@ -41,7 +41,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def tiny_classifier(path: Path, size: int = 32) -> Path:
+def tiny_classifier(path: Path, size: int = 32, batch: int | str = "batch") -> Path:
     """A 3-class "which colour dominates" classifier with visionkit metadata: channel means ->
     a 3x3 linear layer -> softmax. Real ONNX, run by the real runtime, built in milliseconds."""
     import onnx
@@ -58,8 +58,8 @@ def tiny_classifier(path: Path, size: int = 32) -> Path:
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])], [weight, bias])
+        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, "height", "width"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, 3])], [weight, bias])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     meta = Metadata(task="classification", classes=["red", "green", "blue"], input_size=[size, size],

@@ -83,6 +83,10 @@ def test_metadata_round_trip_and_errors():
         Metadata.from_props({**props, "visionkit.classes": "[]"}, "m.onnx")
     with pytest.raises(ModelError, match="not valid JSON"):
         Metadata.from_props({**props, "visionkit.classes": "[oops"}, "m.onnx")
+    for key, value in [("postprocess", "null"), ("preprocess", "null"), ("normalization", "[]"),
+                       ("category_ids", "[3]"), ("channels", "true"), ("input_size", "[64]")]:
+        with pytest.raises(ModelError, match=f"m.onnx: metadata 'visionkit.{key}': expected"):
+            Metadata.from_props({**props, f"visionkit.{key}": value}, "m.onnx")
 
 
 @pytest.mark.parametrize("content", [b"", b"not a model at all", b"\x08\x07garbage protobuf\xff\xff"])
@@ -103,3 +107,18 @@ def test_mask_png_keeps_class_indices(tmp_path):
     with Image.open(tmp_path / "m.png") as img:
         assert img.mode == "P"
         assert np.array_equal(np.asarray(img), mask)
+
+
+def test_a_fixed_batch_graph_takes_any_number_of_images(tmp_path):
+    """A graph exported for batch 4 gets 5 images: the last group is padded, the padding dropped."""
+    from servehelp import tiny_classifier
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    fixed = Model.load(tiny_classifier(tmp_path / "fixed.onnx", batch=4))
+    dynamic = Model.load(tiny_classifier(tmp_path / "dynamic.onnx"))
+    assert fixed.fixed_batch == 4
+    got, want = fixed.predict(images, batch_size=8), dynamic.predict(images, batch_size=8)
+    assert len(got) == 5 and [r["index"] for r in got] == [r["index"] for r in want]
+    with pytest.raises(ModelError, match=r"fixed.onnx: onnxruntime could not run the graph on a batch of shape \(4, 2, 8, 8\)"):
+        fixed.run(np.zeros((4, 2, 8, 8), dtype=np.float32))

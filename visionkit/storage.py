@@ -133,7 +133,8 @@ class RunStore:
         try:
             return fn()
         except (OSError, pyarrow.ArrowException) as exc:
-            hint = f" (output.s3_endpoint: {self.s3_endpoint})" if self.s3_endpoint else ""
+            hint = (f" (output.s3_endpoint: {self.s3_endpoint})" if self.s3_endpoint else
+                    " (AWS S3: for MinIO or another store give output.s3_endpoint=URL or AWS_ENDPOINT_URL)")
             where = f"{self.uri}/{rel}" if rel else self.uri
             raise UserError(f"{where}: object store error{hint}: {str(exc).splitlines()[0]}") from None
 

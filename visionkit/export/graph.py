@@ -67,10 +67,3 @@ def write_metadata(path: Path, meta: Metadata) -> None:
     model.producer_name, model.producer_version = "visionkit", meta.version
     model.doc_string = f"visionkit {meta.task} model: {meta.summary()}"
     onnx.save(model, str(path))
-
-
-def read_metadata(path: Path) -> Metadata:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return Metadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))

@@ -20,8 +20,6 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from ..errors import UserError
 from ..runtime import Model
 
@@ -136,7 +134,3 @@ def set_precision(path: Path, precision: str) -> None:
         if prop.key == "visionkit.precision":
             prop.value = json.dumps(precision)
     onnx.save(model, str(path))
-
-
-def relative_change(before: float, after: float) -> float:
-    return float(np.round((after - before) * 100, 4))  # metric points (x100)

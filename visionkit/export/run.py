@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..config import Config, TaskConfigs, apply_overrides, task_configs, validate_section
-from ..errors import ConfigError, UserError
+from ..errors import UserError
 from ..fileio import load_checkpoint
 from ..plugin import TaskPlugin
 from ..registry import get_plugin

@@ -85,7 +85,23 @@ class Metadata:
                              "upgrade visionkit")
         if not isinstance(self.classes, list) or not self.classes or not all(isinstance(c, str) for c in self.classes):
             raise ModelError(f"{where}: metadata 'visionkit.classes': expected a non-empty list of names")
-        if self.channels not in (1, 3):
+        kinds = {"preprocess": list, "normalization": dict, "outputs": list, "postprocess": dict, "source": dict,
+                 "data": (dict, type(None)), "dynamic_batch": bool, "dynamic_size": bool, "task": str}
+        for key, kind in kinds.items():
+            if not isinstance(getattr(self, key), kind):
+                raise ModelError(f"{where}: metadata 'visionkit.{key}': expected "
+                                 f"{' or '.join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))}, "
+                                 f"got {getattr(self, key)!r}")
+        if self.input_size is not None and not (
+                isinstance(self.input_size, list) and len(self.input_size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in self.input_size)):
+            raise ModelError(f"{where}: metadata 'visionkit.input_size': expected [height, width], got {self.input_size!r}")
+        if self.category_ids is not None and not (
+                isinstance(self.category_ids, list) and len(self.category_ids) == len(self.classes)
+                and all(isinstance(v, int) for v in self.category_ids)):
+            raise ModelError(f"{where}: metadata 'visionkit.category_ids': expected one integer id per class "
+                             f"({len(self.classes)}), got {self.category_ids!r}")
+        if isinstance(self.channels, bool) or self.channels not in (1, 3):
             raise ModelError(f"{where}: metadata 'visionkit.channels': expected 1 or 3, got {self.channels!r}")
         for i, step in enumerate(self.preprocess):
             if not isinstance(step, dict) or step.get("op") != "resize" or not all(

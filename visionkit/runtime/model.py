@@ -123,8 +123,17 @@ class Model:
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """The bare graph: float32 NCHW in, its outputs by name."""
-        values = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
-        return dict(zip(self.output_names, values))
+        n = len(batch)
+        if self.fixed_batch and n < self.fixed_batch:  # a fixed-batch graph's last, partial group
+            batch = np.concatenate([batch, np.repeat(batch[-1:], self.fixed_batch - n, axis=0)])
+        try:
+            values = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        except Exception as exc:  # onnxruntime's own errors: a foreign graph's input type, shapes
+            lines = str(exc).strip().splitlines()
+            raise ModelError(f"{self.path}: onnxruntime could not run the graph on a batch of shape "
+                             f"{tuple(batch.shape)} ({lines[0] if lines else type(exc).__name__})") from None
+        return {name: value[:n] if self.fixed_batch and len(value) == self.fixed_batch else value
+                for name, value in zip(self.output_names, values)}
 
     def batches(self, prepared: Sequence[Prepared], batch_size: int) -> Iterator[list[int]]:
         """Indices of consecutive images of one size, at most ``batch_size`` (1 for a fixed-batch graph)."""
