@@ -129,6 +129,8 @@ def export(target: str, output: Optional[str] = None, overrides: list[str] = (),
             ok = all_ok(report[f"checks_{precision}"])
         report["ok"] = ok
         kept = out if ok else out.with_name(out.stem + ".failed.onnx")
+        with open(final, "rb+") as fh:  # on disk before the rename: a crash leaves no torn model.onnx
+            os.fsync(fh.fileno())
         os.replace(final, kept)
         os.chmod(kept, 0o644)
     report["size_bytes"] = kept.stat().st_size
