@@ -45,6 +45,10 @@ def s3_text(client, key: str) -> str:
         return ""
 
 
+def s3_has(client, key: str) -> bool:
+    return client.list_objects_v2(Bucket=BUCKET, Prefix=key).get("KeyCount", 0) > 0
+
+
 def epochs_in(text: str) -> list[int]:
     return [json.loads(line)["epoch"] for line in text.splitlines() if line.strip()]
 
@@ -100,7 +104,8 @@ def test_object_store_run_killed_then_resumed_from_the_store(cluster, s3, shapes
         "output.storage_path": f"s3://{BUCKET}/runs", "output.s3_endpoint": endpoint}), "--address", cluster.address]
     proc = driver(args, AWS_ENV)
     try:
-        wait_for(lambda: epochs_in(s3_text(client, "runs/killed/metrics.jsonl")), proc)
+        # Rank 0 pushes an epoch's checkpoint after its log rows: once it is there, the epoch is resumable.
+        wait_for(lambda: s3_has(client, "runs/killed/checkpoints/last.pt"), proc)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)

@@ -378,9 +378,18 @@ def test_a_failed_check_exits_3_and_keeps_the_graph_aside(runs, tmp_path, capsys
 
 
 def test_export_refuses_what_the_runtime_cannot_replay(runs, tmp_path, capsys):
-    _one_line_error(capsys, 2, ["export", str(runs["segmentation"]),
-                                "data.val_transforms=[{name: CenterCrop, height: 32, width: 32}]", "-o", str(tmp_path / "m.onnx")],
+    from visionkit.fileio import atomic_torch_save
+
+    # A run validated with a CenterCrop: the runtime replays only Resize.
+    state = load_checkpoint(runs["segmentation"] / "checkpoints" / "last.pt")
+    state["config"]["data"]["val_transforms"] = [{"name": "CenterCrop", "height": 32, "width": 32}]
+    atomic_torch_save(state, tmp_path / "checkpoints" / "last.pt")
+    _one_line_error(capsys, 2, ["export", str(tmp_path / "checkpoints" / "last.pt"), "-o", str(tmp_path / "m.onnx")],
                     "data.val_transforms[0]", "CenterCrop", "Resize")
+    # ... and an override cannot change how the model's input is prepared.
+    _one_line_error(capsys, 2, ["export", str(runs["segmentation"]),
+                                "data.val_transforms=[{name: Resize, height: 32, width: 32}]", "-o", str(tmp_path / "m.onnx")],
+                    "data.val_transforms is fixed by the training run")
     _one_line_error(capsys, 2, ["export", str(runs["segmentation"]), "model.width=4", "-o", str(tmp_path / "m.onnx")],
                     "only data.* keys")
     _one_line_error(capsys, 2, ["export", str(runs["segmentation"]), "-o", str(tmp_path / "m.txt")], "must end in .onnx")
