@@ -167,22 +167,11 @@ def _cmd_serve(args) -> int:
     from .serving.server import require_packages, serve
 
     require_packages()
-
-    import math
-
-    for flag, value in (("--max-body-mb", args.max_body_mb), ("--max-megapixels", args.max_megapixels),
-                        ("--batch-wait-ms", args.batch_wait_ms)):
-        if not math.isfinite(value):
-            raise UserError(f"serve: {flag} must be a finite number, got {value}")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"serve: --workers must be at least 1, got {args.workers}")
     try:
-        limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1e6),
-                        max_images=args.max_images, max_pending=args.max_pending, body_timeout_s=args.body_timeout)
+        limits = Limits.from_units(args.max_body_mb, args.max_megapixels, args.max_images, args.max_pending,
+                                   args.body_timeout)
     except ValueError as exc:
         raise UserError(f"serve: {exc}") from None
-    if args.max_batch < 1 or args.batch_wait_ms < 0:
-        raise UserError("serve: --max-batch must be at least 1 and --batch-wait-ms at least 0")
     serve(args.model, host=args.host, port=args.port, threads=args.threads, workers=args.workers,
           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, limits=limits, log_level=args.log_level)
     return 0

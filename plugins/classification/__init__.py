@@ -32,8 +32,7 @@ class ClassificationPlugin(TaskPlugin):
         return build_dataset(data, split)
 
     def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig) -> torch.nn.Module:
-        size = data.image_size or (28 if data.format == "mnist" else 64)
-        return build_model(model, len(classes), data.channels, size)
+        return build_model(model, len(classes), data.channels, data.model_input_size())
 
     def build_loss(self, loss: LossConfig, classes: list[str]):
         criterion = torch.nn.CrossEntropyLoss(label_smoothing=loss.label_smoothing)

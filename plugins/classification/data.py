@@ -33,6 +33,10 @@ class DataConfig(Section):
     on_corrupt: Literal["fail", "skip"] = "fail"
     cache_images: bool = Field(False, description="keep decoded images in memory (small datasets)")
 
+    def model_input_size(self) -> int:
+        """The side a fixed-input model (the MLP) is built for when image_size is not set."""
+        return self.image_size or (28 if self.format == "mnist" else 64)
+
 
 class ImageFolderDataset(torch.utils.data.Dataset):
     """``root/<split>/<class>/<image>``; classes are the sorted folder names of the train split."""

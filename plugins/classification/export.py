@@ -34,9 +34,7 @@ def _stats(data) -> tuple[list[float], list[float]]:
 def export_plan(model: nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
     data, cfg = sections.data, sections.model
     steps = resize_steps(data.val_transforms, "data.val_transforms")
-    size = data.image_size
-    if size is None and cfg.name == "mlp":
-        size = 28 if data.format == "mnist" else 64  # what build_model assumed: the MLP's input is fixed
+    size = data.model_input_size() if cfg.name == "mlp" else data.image_size  # the MLP's input is fixed
     if size is not None:
         steps.append({"op": "resize", "height": size, "width": size, "interpolation": 1})
     mean, std = _stats(data)

@@ -7,6 +7,7 @@ its pixels are decoded, and the requests in flight are capped.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +29,16 @@ class Limits:
         for name, value in asdict(self).items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+    @classmethod
+    def from_units(cls, max_body_mb: float, max_megapixels: float, max_images: int, max_pending: int,
+                   body_timeout_s: int) -> "Limits":
+        """From the units people give (MiB, megapixels): ``visionkit serve``'s flags, the Ray Serve app's args."""
+        for name, value in (("max_body_mb", max_body_mb), ("max_megapixels", max_megapixels)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        return cls(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=int(max_megapixels * 1e6),
+                   max_images=max_images, max_pending=max_pending, body_timeout_s=body_timeout_s)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

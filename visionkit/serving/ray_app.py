@@ -61,8 +61,8 @@ class VisionkitModel:
 
         args = Args(**options)
         cpus = _replica_cpus()
-        limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1e6),
-                        max_images=args.max_images, max_pending=args.max_pending, body_timeout_s=args.body_timeout_s)
+        limits = Limits.from_units(args.max_body_mb, args.max_megapixels, args.max_images, args.max_pending,
+                                   args.body_timeout_s)
         self.service = InferenceService.load(args.model, threads=args.threads or cpus, limits=limits,
                                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                                              workers=args.workers or max(2, cpus))

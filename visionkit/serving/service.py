@@ -10,6 +10,7 @@ bytes. With ``max_batch > 1`` images from concurrent requests share graph runs
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -30,9 +31,12 @@ OPTIONS = {"top_k": int, "score_thresh": float}
 class InferenceService:
     def __init__(self, model: Model, limits: Optional[Limits] = None, max_batch: int = 1,
                  batch_wait_ms: float = 2.0, workers: Optional[int] = None):
+        if max_batch < 1 or not (math.isfinite(batch_wait_ms) and batch_wait_ms >= 0) or (workers is not None and workers < 1):
+            raise UserError(f"serve: expected max_batch >= 1, batch_wait_ms >= 0 and workers >= 1, got {max_batch}, "
+                            f"{batch_wait_ms} and {workers}")
         self.model = model
         self.limits = limits or Limits()
-        self.max_batch = max(1, int(max_batch))
+        self.max_batch = int(max_batch)
         self.batch_wait_ms = float(batch_wait_ms)
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="visionkit-serve")
