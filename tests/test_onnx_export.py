@@ -427,3 +427,8 @@ def test_two_stage_detectors_are_traced_per_image(tmp_path):
                   {"boxes": boxes[0, :count[0]].astype(float), "scores": scores[0, :count[0]].astype(float),
                    "labels": labels[0, :count[0]]}, score_thresh=0.05)
     assert count[0] == keep.sum() > 10 and found["unmatched_torch"] == found["unmatched_onnx"] == 0, found
+
+
+def test_int8_needs_calibration_images(runs, tmp_path, capsys):
+    _one_line_error(capsys, 2, ["export", str(runs["classification"]), "-o", str(tmp_path / "q.onnx"),
+                                "--precision", "int8", "--calibration-images", "0"], "--calibration-images 0: at least 1")

@@ -122,3 +122,24 @@ def test_a_fixed_batch_graph_takes_any_number_of_images(tmp_path):
     assert len(got) == 5 and [r["index"] for r in got] == [r["index"] for r in want]
     with pytest.raises(ModelError, match=r"fixed.onnx: onnxruntime could not run the graph on a batch of shape \(4, 2, 8, 8\)"):
         fixed.run(np.zeros((4, 2, 8, 8), dtype=np.float32))
+
+
+def test_a_foreign_segmenter_with_half_resolution_scores(tmp_path):
+    """Scores C x H/2 x W/2: the class map is brought to the image's size like any resized one."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from visionkit.runtime import foreign_metadata
+
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["images"], ["scores"], kernel_shape=[2, 2], strides=[2, 2])], "half",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 3, "h2", "w2"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "half.onnx"))
+    meta = foreign_metadata("segmentation", ["r", "g", "b"], mean=[0.0] * 3, std=[1.0] * 3)
+    image = np.zeros((16, 20, 3), dtype=np.uint8)
+    image[:, 10:, 2] = 255  # right half blue
+    mask = Model.load(tmp_path / "half.onnx", metadata=meta).predict(image)[0]["mask"]
+    assert mask.shape == (16, 20) and (mask[:, 10:] == 2).all() and (mask[:, :10] == 0).all()

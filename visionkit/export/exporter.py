@@ -91,6 +91,8 @@ def export(target: str, output: Optional[str] = None, overrides: list[str] = (),
         raise UserError(f"--precision {precision}: choose {', '.join(PRECISIONS)}")
     if check_images < 1:
         raise UserError("--check-images: at least 1 (every export is checked)")
+    if precision == "int8" and calibration_images < 1:
+        raise UserError(f"--calibration-images {calibration_images}: at least 1 (int8 is calibrated on training images)")
     overrides = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
     run = load_run(target, overrides)
     out = Path(output) if output else run.run_dir / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")

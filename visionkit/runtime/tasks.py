@@ -150,7 +150,10 @@ class Segmentation(TaskRuntime):
             classes = outputs["class_map"]
         else:  # a foreign model's logits, C x H x W
             classes = outputs[meta.outputs[0]].argmax(axis=0)
-        mask = np.asarray(classes, dtype=np.uint8).reshape(image.size)
+        mask = np.asarray(classes, dtype=np.uint8)
+        if mask.ndim != 2:  # a foreign graph's output
+            raise ModelError(f"segmentation output of shape {mask.shape} per image: expected H x W class indices "
+                             "or C x H x W class scores")
         h0, w0 = image.orig_size
         # Back at the original size, unless ``graph_size`` (evaluation: the metric scores at the
         # validation Resize's size, and resizing there and back is not the identity).
