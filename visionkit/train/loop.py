@@ -30,6 +30,7 @@ from ..plugin import Metric, TaskPlugin
 from ..registry import get_plugin
 from ..storage import RunStore, is_remote
 from .context import LocalWorker, RayWorker
+from .evalloader import build_val_loader
 from .optim import build_optimizer, build_scheduler
 from .runlog import RunLog, scalars
 
@@ -90,10 +91,8 @@ class Task:
             persistent_workers=t.loader_workers > 0, pin_memory=torch.cuda.is_available())
 
     def val_loader(self, dataset, rank: int, world_size: int) -> torch.utils.data.DataLoader:
-        # Each image exactly once over all workers (no padding as DistributedSampler does),
-        # so the merged metric equals a single-process evaluation.
-        shard = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world_size)))
-        return self.loader(shard, shuffle=False)
+        t = self.cfg.train
+        return build_val_loader(self.plugin, dataset, rank, world_size, t.batch_size, t.loader_workers)
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, task: Task, ctx, epoch: int):
