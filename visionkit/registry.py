@@ -3,10 +3,15 @@
 There is one way in: a distribution declares ``[project.entry-points."visionkit.tasks"]
 name = "module:PluginClass"``. The built-in plugins use it too, so nothing depends on import
 side effects or on being inside this repository.
+
+One plugin's mistake disables that plugin only: a name two packages declare, or a plugin that fails
+to import or to pass the checks below, is refused when used (one line saying why) and shown as
+BROKEN by ``visionkit plugins``, while every other task keeps working.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,8 +27,15 @@ class PluginEntry:
     name: str
     target: str  # "module:attr"
     distribution: str  # "name version" of the package that declares it
+    #: other packages' declarations of the same name: ``(distribution, target)`` pairs. Picking one
+    #: would depend on sys.path order, so the name is refused until one package is uninstalled.
+    rivals: tuple[tuple[str, str], ...] = ()
 
     def load(self) -> TaskPlugin:
+        if self.rivals:
+            declared = " and ".join(f"{dist} ({target})" for dist, target in ((self.distribution, self.target), *self.rivals))
+            raise PluginError(f"task {self.name!r} is declared by more than one installed package: {declared}; "
+                              "uninstall one of them (the other tasks are unaffected)")
         ep = metadata.EntryPoint(self.name, self.target, ENTRY_POINT_GROUP)
         try:
             obj = ep.load()
@@ -43,16 +55,18 @@ class PluginEntry:
 
 
 def entries() -> dict[str, PluginEntry]:
-    found: dict[str, PluginEntry] = {}
+    """Every declared task by name; a name with rival declarations comes back carrying them, so
+    that it fails alone when used instead of taking every task down here."""
+    declared: dict[str, list[PluginEntry]] = {}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
-        entry = PluginEntry(ep.name, ep.value, dist)
-        if ep.name in found and found[ep.name].target != entry.target:
-            raise PluginError(
-                f"task {ep.name!r} is declared twice: by {found[ep.name].distribution} "
-                f"({found[ep.name].target}) and by {dist} ({ep.value}); uninstall one"
-            )
-        found[ep.name] = entry
+        same = declared.setdefault(ep.name, [])
+        if all(e.target != ep.value for e in same):  # the same target twice loads the same object
+            same.append(PluginEntry(ep.name, ep.value, dist))
+    found = {}
+    for name, same in declared.items():
+        first, *rest = sorted(same, key=lambda e: (e.distribution, e.target))  # one message whatever the path order
+        found[name] = dataclasses.replace(first, rivals=tuple((e.distribution, e.target) for e in rest))
     return found
 
 

@@ -181,17 +181,28 @@ ENTRY_POINT_GROUP = "visionkit.runtime"
 
 
 def task_runtime(name: str) -> TaskRuntime:
-    if name in BUILT_IN:
-        return BUILT_IN[name]()
+    """The runtime of task ``name``: built in, or from the one package declaring it in the
+    ``visionkit.runtime`` group. A name declared twice (by two packages, or by a package and the
+    built-ins) is refused, not resolved by sys.path order; other names are unaffected."""
     from importlib import metadata
 
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            try:
-                obj = ep.load()
-            except Exception as exc:
-                raise UserError(f"runtime for task {name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}") from exc
-            return obj() if isinstance(obj, type) else obj
+    # by target: the same target declared twice loads the same object
+    eps = {ep.value: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)}
+    declared = [f"{ep.dist.name} {ep.dist.version} ({target})" if ep.dist else f"unknown distribution ({target})"
+                for target, ep in sorted(eps.items())]
+    if name in BUILT_IN:
+        declared.insert(0, f"visionkit (built in, {BUILT_IN[name].__module__}:{BUILT_IN[name].__qualname__})")
+    if len(declared) > 1:
+        raise UserError(f"runtime for task {name!r} is declared more than once: {' and '.join(declared)}; "
+                        "uninstall one of the packages (the other tasks are unaffected)")
+    if name in BUILT_IN:
+        return BUILT_IN[name]()
+    for target, ep in eps.items():
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise UserError(f"runtime for task {name!r} ({target}) failed to import: {type(exc).__name__}: {exc}") from exc
+        return obj() if isinstance(obj, type) else obj
     raise ModelError(f"no runtime for task {name!r}: built in are {', '.join(BUILT_IN)}; a plugin adds one "
                      f"through the {ENTRY_POINT_GROUP!r} entry-point group")
 
