@@ -91,6 +91,14 @@ class Server:
         self.url = url
         self.output: list[str] = []
 
+    def memory_kib(self, field: str = "VmHWM") -> int:
+        """The server process's ``/proc/<pid>/status`` field in KiB: VmHWM is its peak resident memory."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.process.pid}/status")
+
     def call(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict] = None,
              timeout: float = 30) -> tuple[int, dict, dict]:
         """(status, JSON body, headers); error statuses are answers too, not exceptions."""

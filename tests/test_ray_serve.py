@@ -3,6 +3,7 @@ called over HTTP: the same routes, answers and errors as `visionkit serve`."""
 
 from __future__ import annotations
 
+import io
 import socket
 
 import pytest
@@ -22,8 +23,8 @@ def serve_app(ray_cluster, tmp_path_factory):
         port = probe.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build({"model": str(model), "max_batch": 4, "max_body_mb": 0.25}), name="visionkit-test",
-                  route_prefix="/")
+        serve.run(build({"model": str(model), "max_batch": 4, "max_body_mb": 0.25, "max_request_megapixels": 30}),
+                  name="visionkit-test", route_prefix="/")
         yield Server(None, f"http://127.0.0.1:{port}")
     finally:
         serve.shutdown()  # frees the replica's CPU for the tests after this one
@@ -40,6 +41,7 @@ def test_ray_serve_answers_like_the_server(serve_app):
     assert status == 200 and [p["class"] for p in body["predictions"]] == ["red", "green"]
     meta = serve_app.call("GET", "/metadata")[1]
     assert meta["server"]["max_batch"] == 4 and meta["server"]["limits"]["max_body_bytes"] == 262144
+    assert meta["server"]["limits"]["max_request_pixels"] == 30_000_000
 
 
 def test_ray_serve_errors_are_the_same_json(serve_app):
@@ -48,6 +50,14 @@ def test_ray_serve_errors_are_the_same_json(serve_app):
     assert status == 400 and "cannot decode image" in body["error"]
     status, body, _ = serve_app.call("POST", "/predict", b"\0" * 300_000, {"Content-Type": "image/png"})
     assert status == 413 and body["status"] == 413
+    # Two 16 MP images (each under max_megapixels, 25) in a few kB: 32 MP over the request's 30, refused unread.
+    from PIL import Image
+
+    one = io.BytesIO()
+    Image.new("1", (4000, 4000), 1).save(one, format="PNG", optimize=True)
+    data, ctype = multipart([("image", f"{i}.png", one.getvalue(), "image/png") for i in range(2)])
+    status, body, _ = serve_app.call("POST", "/predict", data, {"Content-Type": ctype})
+    assert status == 413 and "32,000,000 pixels" in body["error"] and "max_request_megapixels" in body["error"]
 
 
 def test_builder_arguments_are_checked():

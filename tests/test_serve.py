@@ -32,6 +32,7 @@ def tiny(tmp_path_factory):
 def server(tiny):
     """Small limits, so that the 413s need small bodies; micro-batching on."""
     with running_server(tiny, "--max-body-mb", "0.25", "--max-megapixels", "0.01", "--max-images", "3",
+                        "--max-request-megapixels", "0.025",
                         "--max-batch", "4", "--batch-wait-ms", "20", "--workers", "2", "--body-timeout", "1") as srv:
         yield srv
 
@@ -74,6 +75,9 @@ def _bad_requests():
     four, four_type = multipart([("image", f"{i}.png", one, "image/png") for i in range(4)])
     text_part, text_type = multipart([("image", "notes.txt", b"hello", "text/plain")])
     no_file, no_file_type = multipart([], {"top_k": "2"})
+    # 3 x 9,000 px: each within --max-megapixels (10,000), together over --max-request-megapixels (25,000)
+    over_budget, over_budget_type = multipart([("image", f"{i}.png", png(COLOURS["red"], (90, 100)), "image/png")
+                                               for i in range(3)])
     huge_header = io.BytesIO()
     Image.new("RGB", (200, 100)).save(huge_header, format="PNG")  # 20,000 px > 10,000 allowed
     gif = io.BytesIO()
@@ -82,6 +86,8 @@ def _bad_requests():
         ("body over --max-body-mb", "/predict", big, "image/png", 413, "request body"),
         ("image over --max-megapixels", "/predict", huge_header.getvalue(), "image/png", 413, "200x100"),
         ("too many files", "/predict", four, four_type, 413, "more than 3 images"),
+        ("images together over --max-request-megapixels", "/predict", over_budget, over_budget_type, 413,
+         "request of 3 image(s) (largest 100x90) decodes to 27,000 pixels; this server decodes at most 25,000"),
         ("JSON body", "/predict", b'{"image": "..."}', "application/json", 415, "application/json"),
         ("form-encoded body (curl --data-binary without -H)", "/predict", one,
          "application/x-www-form-urlencoded", 415, "not an image type"),
@@ -160,6 +166,9 @@ def test_serve_user_errors_are_one_line(tmp_path, tiny):
     assert bad.returncode == 2 and "not a usable ONNX model" in bad.stderr
     limits = run_cli("serve", str(tiny), "--max-images", "0")
     assert limits.returncode == 2 and "max_images" in limits.stderr
+    budget = run_cli("serve", str(tiny), "--max-megapixels", "50")  # over the default request budget
+    assert budget.returncode == 2 and "--max-request-megapixels must be at least --max-megapixels" in budget.stderr
+    assert len(budget.stderr.strip().splitlines()) == 1
     import socket
 
     with socket.socket() as taken:
@@ -234,3 +243,120 @@ def test_a_chunked_body_whose_last_chunk_crosses_the_limit_gets_413():
                           {"type": "http.request", "body": b"\0" * 600, "more_body": False}]))
     assert err.value.status == 413
     assert asyncio.run(read([{"type": "http.request", "body": b"\0" * 999, "more_body": False}])) == 999
+
+
+def _solid_png(width: int, height: int) -> bytes:
+    """A 1-bit solid image: a few kB of PNG that decodes to width x height RGB pixels."""
+    buf = io.BytesIO()
+    Image.new("1", (width, height), 1).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def test_a_small_request_that_would_decode_to_gigabytes_gets_413_before_decoding(tiny):
+    """16 images of 25 MP (each within --max-megapixels) in ~140 kB: 400 MP, 1.2 GB as RGB before the
+    float copies. The default per-request budget refuses it from the headers; memory stays flat."""
+    with running_server(tiny) as srv:  # the defaults, as `visionkit serve model.onnx` runs
+        assert srv.call("POST", "/predict", png(COLOURS["blue"]), {"Content-Type": "image/png"})[0] == 200
+        side = 5000
+        one = _solid_png(side, side)
+        body, ctype = multipart([("image", f"{i}.png", one, "image/png") for i in range(16)])
+        assert len(body) < 200_000  # under the 16 MiB body limit many times over
+        rgb_bytes = 16 * side * side * 3
+        before = srv.memory_kib()
+        status, answer, _ = srv.call("POST", "/predict", body, {"Content-Type": ctype}, timeout=120)
+        grew = (srv.memory_kib() - before) * 1024
+        # The current decoded data alone would be 1.2 GB; a header check costs a few MB at most.
+        assert (status, grew < rgb_bytes / 20) == (413, True), (status, f"peak RSS grew {grew:,} B", answer)
+        limit = srv.call("GET", "/metadata")[1]["server"]["limits"]["max_request_pixels"]
+        error = answer["error"]
+        assert answer["status"] == 413 and "\n" not in error
+        assert f"{16 * side * side:,} pixels" in error and f"{limit:,}" in error and "--max-request-megapixels" in error
+        # The server is fine and answers the next request.
+        status, answer, _ = srv.call("POST", "/predict", png(COLOURS["red"]), {"Content-Type": "image/png"})
+        assert status == 200 and answer["predictions"][0]["class"] == "red"
+
+
+def test_a_request_just_under_the_pixel_budget_is_served(server):
+    """3 x 8,000 px = 24,000 of the 25,000 allowed: answered, one result per image."""
+    body, ctype = multipart([("image", f"{name}.png", png(rgb, (80, 100)), "image/png")
+                             for name, rgb in COLOURS.items()])
+    status, answer, _ = server.call("POST", "/predict", body, {"Content-Type": ctype})
+    assert status == 200, answer
+    assert [p["class"] for p in answer["predictions"]] == list(COLOURS)
+    meta = server.call("GET", "/metadata")[1]["server"]["limits"]
+    assert meta["max_request_pixels"] == 25_000 and meta["max_pixels_in_flight"] == 50_000
+
+
+def test_pixel_gate_bounds_pixels_in_flight_first_come_first_served():
+    import asyncio
+
+    from visionkit.serving.limits import PixelGate
+
+    async def scenario() -> tuple[list[str], int, int]:
+        gate = PixelGate(10)
+        order: list[str] = []
+        peak = 0
+
+        async def request(name: str, pixels: int, hold_s: float) -> None:
+            nonlocal peak
+            async with gate.hold(pixels):
+                order.append(name)
+                peak = max(peak, gate.in_use)
+                await asyncio.sleep(hold_s)
+
+        first = asyncio.create_task(request("a6", 6, 0.05))
+        await asyncio.sleep(0)
+        # b6 must wait for a6; c3 would fit beside a6 but must not overtake b6; d2 queues and is cancelled
+        tasks = [asyncio.create_task(request(n, p, 0.01)) for n, p in (("b6", 6), ("d2", 2), ("c3", 3))]
+        await asyncio.sleep(0.01)
+        assert order == ["a6"] and gate.in_use == 6
+        tasks[1].cancel()
+        await asyncio.gather(first, *tasks, return_exceptions=True)
+        return order, peak, gate.in_use
+
+    order, peak, left = asyncio.run(scenario())
+    assert order == ["a6", "b6", "c3"] and peak <= 10 and left == 0
+
+
+def test_large_requests_in_flight_hold_a_bounded_number_of_decoded_pixels(tiny):
+    """Eight concurrent requests, each at the budget: at most max_pixels_in_flight decoded at once
+    (without the gate every request decodes before the first one's graph runs)."""
+    import asyncio
+    import threading
+
+    from visionkit.serving.limits import Limits
+    from visionkit.serving.service import InferenceService
+    from visionkit.serving.uploads import Upload
+
+    limits = Limits(max_pixels=20_000, max_request_pixels=40_000)
+    service = InferenceService(Model.load(tiny), limits=limits, workers=4)
+    held = {"now": 0, "peak": 0}
+    lock = threading.Lock()  # _prepare and _finish run on the service's threads
+    prepare, finish = service._prepare, service._finish
+
+    def counting_prepare(uploads):
+        out = prepare(uploads)
+        with lock:
+            held["now"] += sum(p.orig_size[0] * p.orig_size[1] for p in out)
+            held["peak"] = max(held["peak"], held["now"])
+        return out
+
+    def counting_finish(prepared, outputs, options):
+        with lock:
+            held["now"] -= sum(p.orig_size[0] * p.orig_size[1] for p in prepared)
+        return finish(prepared, outputs, options)
+
+    service._prepare, service._finish = counting_prepare, counting_finish
+    image = png(COLOURS["green"], (100, 200))  # 20,000 px: two per request reach the budget
+
+    async def main():
+        try:
+            return await asyncio.gather(*(service.predict([Upload(image, "a", "image/png"),
+                                                           Upload(image, "b", "image/png")], {})
+                                          for _ in range(8)))
+        finally:
+            await service.close()
+
+    answers = asyncio.run(main())
+    assert [[p["class"] for p in a] for a in answers] == [["green", "green"]] * 8
+    assert held["now"] == 0 and 40_000 <= held["peak"] <= limits.max_pixels_in_flight == 80_000, held

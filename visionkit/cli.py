@@ -169,7 +169,7 @@ def _cmd_serve(args) -> int:
     require_packages()
     try:
         limits = Limits.from_units(args.max_body_mb, args.max_megapixels, args.max_images, args.max_pending,
-                                   args.body_timeout)
+                                   args.body_timeout, args.max_request_megapixels)
     except ValueError as exc:
         raise UserError(f"serve: {exc}") from None
     serve(args.model, host=args.host, port=args.port, threads=args.threads, workers=args.workers,
@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MiB): 413")
     p.add_argument("--max-megapixels", type=float, default=25.0, help="largest image (default 25 MP): 413")
     p.add_argument("--max-images", type=int, default=16, help="images per multipart request (default 16)")
+    p.add_argument("--max-request-megapixels", type=float, default=40.0,
+                   help="pixels of all a request's images together, read from their headers before decoding "
+                   "(default 40 MP: a few hundred MB decoded; at least --max-megapixels): 413")
     p.add_argument("--max-pending", type=int, default=64, help="requests in flight before 503 (default 64)")
     p.add_argument("--body-timeout", type=int, default=30, help="seconds to receive a request body (default 30): 408")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],

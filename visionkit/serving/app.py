@@ -8,7 +8,8 @@
                      -> {"predictions": [one result per image, as `visionkit predict` writes it]}
 
 Every error is JSON, ``{"error": "...", "status": N}``: 400 undecodable image or bad parameter,
-404/405 unknown route, 408 body too slow, 413 body or image too large, 415 not an image type, 503 busy.
+404/405 unknown route, 408 body too slow, 413 body, image or request's total pixels too large (read
+from the headers, before decoding), 415 not an image type, 503 busy.
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ class Args(BaseModel):
     max_body_mb: float = Field(16.0, gt=0)
     max_megapixels: float = Field(25.0, gt=0)
     max_images: int = Field(16, ge=1)
+    max_request_megapixels: float = Field(40.0, gt=0, description="all of a request's images together, "
+                                          "from their headers (>= max_megapixels)")
     max_pending: int = Field(64, ge=1)
     body_timeout_s: int = Field(30, ge=1)
 
@@ -62,7 +64,7 @@ class VisionkitModel:
         args = Args(**options)
         cpus = _replica_cpus()
         limits = Limits.from_units(args.max_body_mb, args.max_megapixels, args.max_images, args.max_pending,
-                                   args.body_timeout_s)
+                                   args.body_timeout_s, args.max_request_megapixels)
         self.service = InferenceService.load(args.model, threads=args.threads or cpus, limits=limits,
                                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                                              workers=args.workers or max(2, cpus))

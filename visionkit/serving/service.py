@@ -3,8 +3,11 @@
 onnxruntime's ``InferenceSession.run`` may be called from several threads at once, and the
 runtime's pre/post-processing keeps no state, so the session is loaded once and requests run
 on a small thread pool (decoding and resizing release the GIL). The event loop only moves
-bytes. With ``max_batch > 1`` images from concurrent requests share graph runs
-(:class:`~visionkit.serving.batcher.MicroBatcher`).
+bytes. A request's pixels are counted from the image headers first: over ``max_request_pixels``
+it is refused unread, and across requests at most ``max_pixels_in_flight`` decoded pixels are
+held at once (:class:`~visionkit.serving.limits.PixelGate`), so memory does not grow with the
+number of large requests in flight. With ``max_batch > 1`` images from concurrent requests
+share graph runs (:class:`~visionkit.serving.batcher.MicroBatcher`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from ..errors import UserError
 from ..runtime import Model, to_json
 from ..runtime.preprocess import Prepared
 from .batcher import MicroBatcher
-from .limits import Limits, RequestError
-from .uploads import Upload, decode
+from .limits import Limits, PixelGate, RequestError
+from .uploads import Upload, check_request, decode, measure
 
 #: query parameters /predict understands, with their types; anything else is refused (a typo
 #: such as ``topk=3`` would otherwise be silently ignored)
@@ -42,6 +45,7 @@ class InferenceService:
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="visionkit-serve")
         self.batcher = (MicroBatcher(self._run_graph, self.max_batch, self.batch_wait_ms / 1000.0, self.executor)
                         if self.max_batch > 1 else None)
+        self.gate = PixelGate(self.limits.max_pixels_in_flight)
         self.pending = 0
         self.counts = {"requests": 0, "images": 0, "rejected": 0}
 
@@ -79,6 +83,10 @@ class InferenceService:
         return out
 
     # --- the work -------------------------------------------------------------------------------
+    def _measure(self, uploads: Sequence[Upload]) -> int:
+        """The request's decoded pixels, from the headers only; 413 before any decoding if too many."""
+        return check_request([measure(u, self.limits.max_pixels) for u in uploads], self.limits.max_request_pixels)
+
     def _prepare(self, uploads: Sequence[Upload]) -> list[Prepared]:
         pixels = [decode(u, self.limits.max_pixels) for u in uploads]
         try:
@@ -100,12 +108,16 @@ class InferenceService:
         """One JSON-able result per upload, as ``visionkit predict`` writes them (a segmentation
         mask as base64 PNG under ``mask_png``)."""
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self.executor, self._prepare, list(uploads))
-        if self.batcher is not None:
-            outputs = await asyncio.gather(*(self.batcher.submit(p) for p in prepared))
-        else:
-            outputs = await loop.run_in_executor(self.executor, self._run_graph, prepared)
-        results = await loop.run_in_executor(self.executor, self._finish, prepared, outputs, options)
+        uploads = list(uploads)
+        pixels = await loop.run_in_executor(self.executor, self._measure, uploads)
+        async with self.gate.hold(pixels):  # the decoded images live from here to the answer
+            prepared = await loop.run_in_executor(self.executor, self._prepare, uploads)
+            if self.batcher is not None:
+                outputs = await asyncio.gather(*(self.batcher.submit(p) for p in prepared))
+            else:
+                outputs = await loop.run_in_executor(self.executor, self._run_graph, prepared)
+            results = await loop.run_in_executor(self.executor, self._finish, prepared, outputs, options)
+            del prepared, outputs  # freed before their pixels are handed back
         self.counts["requests"] += 1
         self.counts["images"] += len(results)
         return results
@@ -123,7 +135,7 @@ class InferenceService:
                 "server": server}
 
     def stats(self) -> dict[str, Any]:
-        out = dict(self.counts, pending=self.pending)
+        out = dict(self.counts, pending=self.pending, pixels_in_flight=self.gate.in_use)
         if self.batcher is not None:
             out.update(batches=self.batcher.batches, batched_images=self.batcher.items)
         return out
