@@ -77,3 +77,98 @@ def test_in_process_run_in_the_store_resumes_from_it(aws, shapes_cls, tmp_path):
     with pytest.raises(UserError, match="run directory exists"):
         launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "inproc", **{
             "ray.num_workers": 0, "output.storage_path": f"s3://{BUCKET}/unit", "output.s3_endpoint": endpoint}))
+
+
+def _objects(client, prefix: str) -> list[str]:
+    """The keys under ``prefix``, less the empty ``dir/`` markers pyarrow writes for directories."""
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return sorted(o["Key"] for o in listed if not o["Key"].endswith("/"))
+
+
+class _Interrupting:
+    """A source file whose read() raises ``error`` once ``after`` bytes have been read."""
+
+    def __init__(self, fh, after: int, error: BaseException):
+        self.fh, self.after, self.error, self.done = fh, after, error, 0
+
+    def read(self, size=-1):
+        if self.done >= self.after:
+            raise self.error
+        data = self.fh.read(size if 0 < size <= self.after - self.done else self.after - self.done)
+        self.done += len(data)
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+@pytest.mark.parametrize("size, after, error, raised", [
+    (3 << 20, 1 << 20, KeyboardInterrupt(), KeyboardInterrupt),  # one PUT on close
+    (14 << 20, 9 << 20, KeyboardInterrupt(), KeyboardInterrupt),  # a multipart upload under way
+    (14 << 20, 9 << 20, OSError(5, "Input/output error"), UserError),
+], ids=["ctrl-c-small", "ctrl-c-multipart", "read-error"])
+def test_an_interrupted_push_leaves_the_previous_checkpoint_intact(aws, tmp_path, monkeypatch, size, after, error,
+                                                                   raised):
+    import builtins
+    import os
+
+    from visionkit import storage
+
+    endpoint, client = aws
+    name = f"torn-{size}-{type(error).__name__}"
+    store = RunStore(f"s3://{BUCKET}/unit", name, endpoint)
+    local = tmp_path / "stage"
+    (local / "checkpoints").mkdir(parents=True)
+    good, new = os.urandom(size), os.urandom(size)
+    (local / "checkpoints" / "last.pt").write_bytes(good)
+    assert store.push(local) == 1
+    (local / "checkpoints" / "last.pt").write_bytes(new)
+
+    def interrupting_open(path, mode="r", *args, **kwargs):
+        fh = builtins.open(path, mode, *args, **kwargs)
+        return _Interrupting(fh, after, error) if str(path).endswith("last.pt") and "r" in mode else fh
+
+    monkeypatch.setattr(storage, "open", interrupting_open, raising=False)
+    with pytest.raises(raised):
+        store.push(local)
+    key = f"unit/{name}/checkpoints/last.pt"
+    assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == good
+    assert _objects(client, f"unit/{name}/") == [key]  # no partial upload left behind
+
+    monkeypatch.delattr(storage, "open")
+    assert store.push(local) == 1  # the interrupted file was not counted as sent
+    assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == new
+
+
+def test_a_file_too_big_to_copy_in_the_store_is_uploaded_in_place(aws, tmp_path, monkeypatch):
+    """Over S3's 5 GiB CopyObject limit the upload goes straight to its key (one C++ call)."""
+    from visionkit import storage
+
+    endpoint, client = aws
+    monkeypatch.setattr(storage, "S3_MAX_COPY", 1 << 20)
+    store = RunStore(f"s3://{BUCKET}/unit", "big", endpoint)
+    local = tmp_path / "stage"
+    (local / "checkpoints").mkdir(parents=True)
+    data = bytes(range(256)) * (12 << 12)  # 12 MiB: multipart
+    (local / "checkpoints" / "last.pt").write_bytes(data)
+    (local / "metrics.jsonl").write_text("{}\n")
+    assert store.push(local) == 2
+    assert client.get_object(Bucket=BUCKET, Key="unit/big/checkpoints/last.pt")["Body"].read() == data
+    assert _objects(client, "unit/big/") == ["unit/big/checkpoints/last.pt", "unit/big/metrics.jsonl"]
+
+
+def test_pull_skips_what_an_interrupted_upload_left(aws, tmp_path):
+    endpoint, client = aws
+    client.put_object(Bucket=BUCKET, Key="unit/left/plots/curves.png", Body=b"png")
+    client.put_object(Bucket=BUCKET, Key="unit/left/plots/.curves.png.0a1b2c3d.part", Body=b"p")
+    store = RunStore(f"s3://{BUCKET}/unit", "left", endpoint)
+    store.pull(tmp_path / "stage")
+    assert [p.name for p in (tmp_path / "stage" / "plots").iterdir()] == ["curves.png"]

@@ -15,6 +15,7 @@ or pod role); the endpoint of an S3-compatible store (MinIO, Ceph, moto) from
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,8 @@ from .errors import UserError
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval_last.json", "eval_best.json", "workers.json")
 RUN_DIRS = ("tensorboard", "plots")
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+# S3 copies an object in one request (CopyObject) up to 5 GiB; pyarrow has no multipart copy.
+S3_MAX_COPY = 5 * 1024**3
 
 
 def is_remote(path: str) -> bool:
@@ -185,6 +188,8 @@ class RunStore:
         selector = pyarrow.fs.FileSelector(self.path, recursive=True, allow_not_found=True)
         for info in self._guard("", lambda: self.fs.get_file_info(selector)):
             rel = info.path[len(self.path) + 1:]
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue  # an upload cut short (see _put_file)
             if info.type == pyarrow.fs.FileType.File and (rel in RUN_FILES or rel.split("/")[0] in RUN_DIRS):
                 target = self.fetch(rel, local / rel)
                 self._synced[rel] = _signature(target)
@@ -200,15 +205,42 @@ class RunStore:
             signature = _signature(path)
             if self._synced.get(rel) == signature:
                 continue
-
-            def upload(path=path, rel=rel):
-                with open(path, "rb") as src, self.fs.open_output_stream(f"{self.path}/{rel}") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 22)
-
-            self._guard(rel, upload)
+            self._guard(rel, lambda: self._put_file(path, rel))
             self._synced[rel] = signature
             sent += 1
         return sent
+
+    def _put_file(self, path: Path, rel: str) -> None:
+        """Replaces the object only with a complete upload, whatever interrupts it (Ctrl-C included).
+
+        pyarrow's output streams complete the upload on close, also when the copy raised, and
+        pyarrow (26) exposes no abort: written straight to ``rel``, a push cut short would
+        replace a good ``checkpoints/last.pt`` by a torn one. So the bytes go to a hidden key
+        beside it that takes the object's place only once whole: on S3 one CopyObject, which
+        readers see all at once (a rename elsewhere). A hidden key left by a kill is never pulled.
+        """
+        import pyarrow.fs
+
+        key = f"{self.path}/{rel}"
+        if self.fs.type_name == "s3" and path.stat().st_size > S3_MAX_COPY:
+            # Too big for one CopyObject: uploaded in place by one C++ call, which Ctrl-C (handled
+            # when it returns) cannot cut short and a kill leaves unfinished (the old object
+            # stays); only a local read error part-way would still complete a torn object.
+            pyarrow.fs.copy_files(str(path), key, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                  destination_filesystem=self.fs, chunk_size=1 << 22)
+            return
+        parent, _, name = key.rpartition("/")
+        partial = f"{parent}/.{name}.{secrets.token_hex(4)}.part"
+        try:
+            with open(path, "rb") as src, self.fs.open_output_stream(partial) as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+            self.fs.move(partial, key)
+        except BaseException:
+            try:
+                self.fs.delete_file(partial)
+            except Exception:
+                pass  # the original error matters; a hidden leftover does not
+            raise
 
 
 def _signature(path: Path) -> tuple[int, int]:
