@@ -11,6 +11,7 @@ the core can validate them with the same messages as its own sections (file, key
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence
@@ -46,7 +47,9 @@ class Metric(abc.ABC):
 
     #: key of :meth:`compute` that picks the best checkpoint
     primary: ClassVar[str]
-    higher_is_better: ClassVar[bool] = True
+    #: whether a larger ``primary`` is better. No default: a plugin that forgot ``False`` for an
+    #: error metric would silently keep its worst epoch as best.pt. Checked when the plugin loads.
+    higher_is_better: ClassVar[bool]
 
     @abc.abstractmethod
     def update(self, outputs: Any, batch: Any) -> None: ...
@@ -64,6 +67,28 @@ class Metric(abc.ABC):
         """Scalars (floats) are logged per epoch; other values (lists, matrices) go to JSON."""
 
 
+def check_metric_result(metric: Metric, result: Any, plugin_name: str) -> None:
+    """Raise a one-line PluginError unless ``result`` (``metric.compute()``) holds a real number
+    (int or float: it is logged and compared; finite, or nan for "undefined") under
+    ``metric.primary``. Called at the first evaluation, so a plugin's mistake stops the run
+    there with its name instead of a traceback from the checkpoint logic."""
+    from .errors import PluginError
+
+    where = f"task plugin {plugin_name!r}: {type(metric).__name__}.compute()"
+    if not isinstance(result, dict):
+        raise PluginError(f"{where} returned a {type(result).__name__}, expected a dict")
+    key = metric.primary
+    if key not in result:
+        raise PluginError(f"{where} has no {key!r} key (its primary metric); it gave {sorted(map(str, result))}")
+    value = result[key]
+    real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not real or (isinstance(value, float) and math.isinf(value)):
+        shown = " ".join(repr(value).split())
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise PluginError(f"{where}[{key!r}] is {shown}, expected a finite (or nan) int or float: the value that "
+                          "picks the best checkpoint")
+
+
 class TaskPlugin(abc.ABC):
     """One computer-vision task: its data, model, loss, metric, visuals and export."""
 
@@ -73,6 +98,9 @@ class TaskPlugin(abc.ABC):
     DataConfig: ClassVar[type[Section]]
     ModelConfig: ClassVar[type[Section]]
     LossConfig: ClassVar[type[Section]] = Section
+    #: the Metric subclass :meth:`build_metric` returns: checked when the plugin loads (``primary``,
+    #: ``higher_is_better``), so a mistake shows in ``visionkit plugins``, not after an epoch
+    MetricClass: ClassVar[type[Metric]]
 
     # --- data -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -104,7 +132,8 @@ class TaskPlugin(abc.ABC):
         """Eval-mode forward pass; its result goes to :meth:`Metric.update`."""
 
     @abc.abstractmethod
-    def build_metric(self, classes: list[str]) -> Metric: ...
+    def build_metric(self, classes: list[str]) -> Metric:
+        """An instance of :attr:`MetricClass`, fresh for each evaluation."""
 
     # --- outputs ----------------------------------------------------------------------------
     def write_visuals(self, result: dict[str, Any], classes: list[str], out_dir: Path) -> list[Path]:

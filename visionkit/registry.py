@@ -5,8 +5,8 @@ name = "module:PluginClass"``. The built-in plugins use it too, so nothing depen
 side effects or on being inside this repository.
 
 One plugin's mistake disables that plugin only: a name two packages declare, or a plugin that fails
-to import or to pass the checks below, is refused when used (one line saying why) and shown as
-BROKEN by ``visionkit plugins``, while every other task keeps working.
+to import or whose metric class cannot pick the best checkpoint, is refused when used (one line
+saying why) and shown as BROKEN by ``visionkit plugins``, while every other task keeps working.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from .errors import PluginError
-from .plugin import TaskPlugin
+from .plugin import Metric, TaskPlugin
 
 ENTRY_POINT_GROUP = "visionkit.tasks"
 
@@ -49,9 +49,31 @@ class PluginEntry:
             name = obj.__name__ if isinstance(obj, type) else type(obj).__name__
             raise PluginError(f"{where} is a {name}, expected a visionkit.plugin.TaskPlugin subclass")
         try:
-            return obj() if isinstance(obj, type) else obj
+            plugin = obj() if isinstance(obj, type) else obj
         except Exception as exc:  # e.g. an abstract method left out
             raise PluginError(f"{where} cannot be created: {type(exc).__name__}: {exc}") from exc
+        _check_metric_class(plugin, where)
+        return plugin
+
+
+def _check_metric_class(plugin: TaskPlugin, where: str) -> None:
+    """The metric decides which checkpoint is best.pt: check what it declares now, not after an
+    epoch of training (``compute()``'s answer is checked at the first evaluation)."""
+    cls = getattr(plugin, "MetricClass", None)
+    if cls is None:
+        raise PluginError(f"{where} declares no MetricClass: set MetricClass = the visionkit.plugin.Metric "
+                          "subclass that build_metric returns")
+    if not (isinstance(cls, type) and issubclass(cls, Metric)):
+        name = cls.__name__ if isinstance(cls, type) else type(cls).__name__
+        raise PluginError(f"{where}: MetricClass is {name}, expected a visionkit.plugin.Metric subclass")
+    primary = getattr(cls, "primary", None)
+    if not isinstance(primary, str) or not primary:
+        got = "" if primary is None else f" (got {primary!r})"
+        raise PluginError(f"{where}: MetricClass {cls.__name__} has no 'primary' string{got}: the key of compute() "
+                          "that picks the best checkpoint, e.g. primary = \"accuracy\"")
+    if not isinstance(getattr(cls, "higher_is_better", None), bool):
+        raise PluginError(f"{where}: MetricClass {cls.__name__} does not declare higher_is_better: set True if a "
+                          f"larger {primary!r} is better, False for an error or a loss (best.pt keeps the best epoch)")
 
 
 def entries() -> dict[str, PluginEntry]:

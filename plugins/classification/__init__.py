@@ -27,6 +27,7 @@ class ClassificationPlugin(TaskPlugin):
     DataConfig = DataConfig
     ModelConfig = ModelConfig
     LossConfig = LossConfig
+    MetricClass = ClassificationMetric
 
     def build_dataset(self, data: DataConfig, split: str):
         return build_dataset(data, split)

@@ -11,6 +11,7 @@ from visionkit.plugin import Metric
 
 class ClassificationMetric(Metric):
     primary = "top1"
+    higher_is_better = True
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes

@@ -59,6 +59,7 @@ class DetectionPlugin(TaskPlugin):
     DataConfig = DataConfig
     ModelConfig = ModelConfig
     LossConfig = LossConfig
+    MetricClass = DetectionMetric
 
     def build_dataset(self, data: DataConfig, split: str) -> _data.DetectionDataset:
         return _data.build_dataset(data, split)

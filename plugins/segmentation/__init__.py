@@ -27,6 +27,7 @@ class SegmentationPlugin(TaskPlugin):
     DataConfig = DataConfig
     ModelConfig = ModelConfig
     LossConfig = LossConfig
+    MetricClass = SegmentationMetric
 
     def build_dataset(self, data: DataConfig, split: str) -> SegmentationDataset:
         return build_dataset(data, split)
