@@ -41,6 +41,14 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+#: torchvision classifiers with auxiliary heads: in training mode they return (logits, aux...)
+#: tuples that no loss takes. Built without the heads, and with torchvision's own initialisation
+#: (its current default, given explicitly to silence its FutureWarning), they train like the others.
+AUX_HEAD_MODELS = {"googlenet", "inception_v3"}
+#: inputs smaller than this shrink to nothing in the model's stem (torchvision's documented minimum)
+MIN_INPUT_SIZE = {"inception_v3": 75}
+
+
 def torchvision_names() -> list[str]:
     import torchvision
 
@@ -59,8 +67,19 @@ def build_model(cfg: ModelConfig, num_classes: int, channels: int, image_size: i
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"model.name: unknown classification model {cfg.name!r}{hint}; "
                               "use 'mlp' or a torchvision classification model name")
+        args = dict(cfg.builder_args)
+        if cfg.name in AUX_HEAD_MODELS:
+            if args.get("aux_logits"):
+                raise ConfigError(f"model.builder_args: aux_logits: true is not supported for {cfg.name}: its auxiliary "
+                                  "outputs would reach the loss; leave aux_logits out")
+            args = {"aux_logits": False, "init_weights": True, **args}
+        minimum = MIN_INPUT_SIZE.get(cfg.name, 0)
+        if image_size < minimum:
+            raise ConfigError(f"data.image_size: {cfg.name} needs inputs of at least {minimum} px, the model would get "
+                              f"{image_size} (data.image_size, or its default when unset); set data.image_size: "
+                              f"{minimum} or more")
         try:
-            model = torchvision.models.get_model(cfg.name, weights=None, num_classes=num_classes, **cfg.builder_args)
+            model = torchvision.models.get_model(cfg.name, weights=None, num_classes=num_classes, **args)
         except TypeError as exc:
             raise ConfigError(f"model.builder_args: {cfg.name} does not accept {sorted(cfg.builder_args)} ({exc})") from None
         if channels == 1:
