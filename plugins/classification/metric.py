@@ -1,4 +1,8 @@
-"""Top-1/top-5, per-class accuracy and the confusion matrix, exact across workers."""
+"""Top-1/top-5, per-class accuracy and the confusion matrix, exact across workers.
+
+A class with no validation image has no per-class accuracy (``None``) and is left out of
+``mean_class_accuracy``, so a val split missing a class neither rewards nor punishes the model.
+"""
 
 from __future__ import annotations
 
@@ -36,11 +40,15 @@ class ClassificationMetric(Metric):
 
     def compute(self) -> dict[str, Any]:
         total = int(self.confusion.sum())
-        per_class = (self.confusion.diag().double() / self.confusion.sum(1).clamp(min=1)).tolist()
+        hits, counts = self.confusion.diag().tolist(), self.confusion.sum(1).tolist()
+        # A class with no validation image has no accuracy: None (JSON null), and left out of
+        # the mean rather than counted as 0, as segmentation's nan-mean does.
+        per_class = [h / n if n else None for h, n in zip(hits, counts)]
+        defined = [a for a in per_class if a is not None]
         result: dict[str, Any] = {"top1": float(self.confusion.diag().sum()) / max(total, 1)}
         if self.num_classes > 5:
             result["top5"] = self.top5_hits / max(total, 1)
-        result["mean_class_accuracy"] = sum(per_class) / self.num_classes
+        result["mean_class_accuracy"] = sum(defined) / len(defined) if defined else float("nan")
         result["num_images"] = total
         result["per_class_accuracy"] = per_class
         result["confusion_matrix"] = self.confusion.tolist()
