@@ -34,11 +34,15 @@ def is_decodable(path: Path) -> bool:
 
 
 def drop_corrupt(paths: Iterable[Path], where: str) -> list[Path]:
-    """For ``on_corrupt: skip``: decode every file once up front, keep the good ones, warn once."""
-    paths = list(paths)
-    good = [p for p in paths if is_decodable(p)]
-    bad = len(paths) - len(good)
+    """For ``on_corrupt: skip``: decode every file once up front, keep the good ones, warn once.
+
+    One pass, noting the bad files as they come: linear in the file count (a lookup of each file
+    among the good ones was quadratic once a bad file existed)."""
+    good: list[Path] = []
+    bad: list[Path] = []
+    for p in paths:
+        (good if is_decodable(p) else bad).append(p)
     if bad:
-        first = next(p for p in paths if p not in set(good))
-        warnings.warn(f"{where}: skipped {bad} corrupt image(s) of {len(paths)} (first: {first})", stacklevel=2)
+        warnings.warn(f"{where}: skipped {len(bad)} corrupt image(s) of {len(good) + len(bad)} (first: {bad[0]})",
+                      stacklevel=2)
     return good
