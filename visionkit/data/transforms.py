@@ -32,8 +32,10 @@ def build_transform(spec: dict[str, Any], where: str):
 
 
 def build_pipeline(specs: list[dict[str, Any]], where: str, tail: list = (), **compose_kwargs):
-    """``specs`` from the config, then the plugin's fixed ``tail`` (resize, normalise, to-tensor)."""
-    import albumentations as A
+    """``specs`` from the config, then the plugin's fixed ``tail`` (resize, normalise, to-tensor).
+
+    Seeded from torch's generator at each call, so ``train.seed`` reaches the augmentation."""
+    from .seeded import SeededCompose
 
     steps = [build_transform(s, f"{where}[{i}]") for i, s in enumerate(specs)]
-    return A.Compose([*steps, *tail], **compose_kwargs)
+    return SeededCompose([*steps, *tail], **compose_kwargs)

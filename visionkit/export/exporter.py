@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from .. import __version__
+from .. import checkpoint
 from ..errors import ExportCheckFailed, UserError
 from ..fileio import atomic_write_text
 from ..plugin import ExportOptions, ExportPlan
@@ -31,7 +32,7 @@ from .run import LoadedRun, load_run
 
 def metadata_for(run: LoadedRun, plan: ExportPlan, opset: int) -> Metadata:
     resizes = [s for s in plan.preprocess if s.get("op") == "resize"]
-    best = dict(run.state.get("best") or {})
+    best = dict(run.state.best or {})
     if best.get("epoch") is not None:
         best["epoch"] += 1  # 1-based, as the logs print it
     best["metric"] = run.plugin.build_metric(run.classes).primary
@@ -41,7 +42,7 @@ def metadata_for(run: LoadedRun, plan: ExportPlan, opset: int) -> Metadata:
         dynamic_batch=plan.dynamic_batch, dynamic_size=plan.dynamic_size, preprocess=plan.preprocess,
         normalization=plan.normalization, outputs=list(plan.output_names), postprocess=plan.postprocess,
         category_ids=plan.category_ids, precision="fp32", opset=opset, version=__version__,
-        source={"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "epoch": int(run.state.get("epoch", -1)) + 1,
+        source={"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "epoch": run.state.epoch + 1,
                 "best": best, "model": run.sections.model.model_dump(mode="json").get("name"),
                 "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         data=run.sections.data.model_dump(mode="json"))
@@ -111,6 +112,7 @@ def export(target: str, output: Optional[str] = None, overrides: list[str] = (),
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     val = run.dataset("val")
+    checkpoint.check_classes(run.state, val.classes, "the validation data")
     try:
         plan = run.plugin.export_plan(run.model, run.classes, run.sections, ExportOptions(opset=opset, logits=logits))
     except NotImplementedError as exc:

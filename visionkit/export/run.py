@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from .. import checkpoint
+from ..checkpoint import Checkpoint
 from ..config import Config, TaskConfigs, apply_overrides, task_configs, validate_section
 from ..errors import UserError
-from ..fileio import load_checkpoint
 from ..plugin import TaskPlugin
 from ..registry import get_plugin
 from .evaluate import check_data_overrides
@@ -19,7 +20,7 @@ from .evaluate import check_data_overrides
 @dataclass
 class LoadedRun:
     checkpoint: Path
-    state: dict[str, Any]
+    state: Checkpoint
     cfg: Config
     plugin: TaskPlugin
     sections: TaskConfigs
@@ -45,23 +46,15 @@ def find_checkpoint(target: str) -> Path:
 
 def load_run(target: str, overrides: list[str]) -> LoadedRun:
     check_data_overrides(overrides, "for export or eval of a trained model")
-    checkpoint = find_checkpoint(target)
-    state = load_checkpoint(checkpoint)
-    if "config" not in state or "classes" not in state or "model" not in state:
-        raise UserError(f"{checkpoint}: not a visionkit checkpoint (no config/classes/model inside)")
-    source = f"{checkpoint} (embedded config{' with overrides' if overrides else ''})"
-    raw = apply_overrides(state["config"], list(overrides))
-    cfg = validate_section(Config, raw, source)
+    path = find_checkpoint(target)
+    ckpt = checkpoint.load(path)
+    source = f"{path} (embedded config{' with overrides' if overrides else ''})"
     try:
-        plugin = get_plugin(cfg.task)
+        plugin = get_plugin(ckpt.task)
     except UserError as exc:
         raise type(exc)(f"{source}: task: {exc}") from None
+    raw = apply_overrides(checkpoint.upgraded_config(ckpt, plugin), list(overrides))
+    cfg = validate_section(Config, raw, source)
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
-    classes = list(state["classes"])
-    model = plugin.build_model(sections.model, classes, sections.data)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise UserError(f"{checkpoint}: its weights do not fit the model its config builds "
-                        f"({str(exc).strip().splitlines()[-1].strip()})") from None
-    return LoadedRun(checkpoint, state, cfg, plugin, sections, classes, model.eval(), source)
+    model = checkpoint.build_model(plugin, sections, ckpt.classes, ckpt)
+    return LoadedRun(path, ckpt, cfg, plugin, sections, list(ckpt.classes), model.eval(), source)

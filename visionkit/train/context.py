@@ -15,7 +15,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from ..fileio import load_checkpoint
+from .. import checkpoint
+from ..checkpoint import Checkpoint
 from ..storage import download, is_remote
 
 STATE_FILE = "last.pt"
@@ -38,20 +39,25 @@ class LocalWorker:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
 
-    def prepare_train_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
-        return loader
-
-    def set_epoch(self, loader, epoch: int) -> None:
-        pass
-
-    def restored_state(self) -> Optional[dict[str, Any]]:
+    def restored_state(self) -> Optional[Checkpoint]:
         """``--resume``'s checkpoint file: a path, or an object-store URI fetched by each worker."""
         if not self._resume_from:
             return None
         if not is_remote(self._resume_from):
-            return load_checkpoint(Path(self._resume_from))
+            return checkpoint.load(Path(self._resume_from))
         with tempfile.TemporaryDirectory(prefix="visionkit-resume-") as tmp:
-            return load_checkpoint(download(self._resume_from, self._s3_endpoint, Path(tmp) / "last.pt"))
+            local = download(self._resume_from, self._s3_endpoint, Path(tmp) / "last.pt")
+            return checkpoint.load(local, where=self._resume_from)
+
+    def checkpoint_for_eval(self, job: dict[str, Any]) -> Checkpoint:
+        return checkpoint.load(Path(job["checkpoint"]))
+
+    def eval_result(self, job: dict[str, Any], payload: dict[str, Any]) -> None:
+        import json
+
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(Path(job["output"]), json.dumps(payload, indent=1))
 
     def all_gather(self, obj: Any) -> list[Any]:
         return [obj]
@@ -95,16 +101,20 @@ class RayWorker(LocalWorker):
 
         return ray.train.torch.prepare_model(model)
 
-    def prepare_train_loader(self, loader):
-        import ray.train.torch
+    def checkpoint_for_eval(self, job):
+        """The driver's file, sent as bytes through Ray's object store."""
+        import ray
 
-        # Batches are moved by the loop itself: plugins' batches may be lists of dicts.
-        return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+        with tempfile.TemporaryDirectory(prefix="visionkit-eval-") as tmp:
+            local = Path(tmp) / "checkpoint.pt"
+            local.write_bytes(ray.get(job["checkpoint_ref"]))
+            return checkpoint.load(local, where=job["checkpoint"])
 
-    def set_epoch(self, loader, epoch: int) -> None:
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+    def eval_result(self, job, payload):
+        """Handed to the driver's actor: eval.json is written where the driver runs."""
+        import ray
+
+        ray.get(job["result_box"].put.remote(payload))
 
     def restored_state(self):
         """The later of Ray's latest checkpoint (a restart after a failure) and ``--resume``'s
@@ -112,12 +122,12 @@ class RayWorker(LocalWorker):
         import ray.train
 
         resumed = super().restored_state()
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        reported = ray.train.get_checkpoint()
+        if reported is None:
             return resumed
-        with checkpoint.as_directory() as d:
-            ray_state = load_checkpoint(Path(d) / STATE_FILE)
-        return resumed if resumed is not None and resumed["epoch"] > ray_state["epoch"] else ray_state
+        with reported.as_directory() as d:
+            ray_state = checkpoint.load(Path(d) / STATE_FILE)
+        return resumed if resumed is not None and resumed.epoch > ray_state.epoch else ray_state
 
     def progress(self, total, desc):
         # Drawn by the driver: plain tqdm's carriage returns garble forwarded worker logs.

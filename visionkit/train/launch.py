@@ -11,9 +11,10 @@ from typing import Any, Optional
 
 import yaml
 
-from ..config import Config, apply_overrides, load_config, resolved_dict, task_configs, validate_section
+from .. import checkpoint
+from ..checkpoint import Checkpoint
+from ..config import Config, apply_overrides, read_yaml, resolved_dict, task_configs, validate_section
 from ..errors import ClusterError, ConfigError, UserError
-from ..fileio import load_checkpoint
 from ..registry import get_plugin
 from ..storage import LocalRun, RunStore, default_endpoint, is_remote, split_run_uri
 from .runlog import METRICS_FILE, parse_metrics
@@ -38,12 +39,15 @@ def _check_devices(cfg: Config, source: str) -> None:
                           "false; set ray.use_gpu: true or drop the GPU entry")
 
 
-def _preflight(plugin, sections) -> None:
-    """Builds the datasets once here so that bad data fails in a second, not after Ray starts."""
+def _preflight(plugin, sections, resumed: Optional[Checkpoint] = None) -> None:
+    """Builds the datasets once here so that bad data fails in a second, not after Ray starts;
+    a resumed run's classes must be the checkpoint's (a renamed folder would swap labels)."""
     for split in ("train", "val"):
         dataset = plugin.build_dataset(sections.data, split)
         if len(dataset) == 0:
             raise UserError(f"data: the {split} split has no samples")
+        if resumed is not None and split == "train":
+            checkpoint.check_classes(resumed, dataset.classes, f"the training data ({getattr(sections.data, 'root', '')})")
 
 
 def _check_reachable(address: str) -> None:
@@ -265,6 +269,17 @@ def _open_resumed(target: str, overrides: list[str]):
     return run
 
 
+def _read_resumed(run) -> Checkpoint:
+    """The checkpoint a resume continues, read here to check the resumed config against it."""
+    uri = f"{run.uri}/checkpoints/last.pt"
+    if not run.remote:
+        return checkpoint.load(run.local / "checkpoints" / "last.pt", where=uri)
+    with tempfile.TemporaryDirectory(prefix="visionkit-") as tmp:
+        local = Path(tmp) / "last.pt"
+        local.write_bytes(run.read_bytes("checkpoints/last.pt"))
+        return checkpoint.load(local, where=uri)
+
+
 def _new_run(cfg: Config, source_path: Path):
     out = cfg.output
     name = out.name or f"{source_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -289,29 +304,41 @@ def _new_run(cfg: Config, source_path: Path):
 def train(config_path: Optional[str], overrides: list[str], resume: Optional[str] = None,
           address: Optional[str] = None) -> Path | str:
     """Runs (or continues) one training run; returns its directory (a URI for an object store)."""
+    resumed = None
     if resume:
         run = _open_resumed(resume, overrides)
+        resumed = _read_resumed(run)
         label = f"{run.uri}/config.yaml"
         with tempfile.TemporaryDirectory(prefix="visionkit-") as tmp:
             saved = Path(tmp) / "config.yaml"
             saved.write_bytes(run.read_bytes("config.yaml"))
-            cfg, raw = load_config(saved, overrides, label=label)
+            raw = read_yaml(saved, label)
+    else:
+        label = config_path
+        raw = read_yaml(Path(config_path))
+    source = label + (" (with command-line overrides)" if overrides else "")
+    if resumed is not None:
+        # A plugin that changed its config sections since the run started upgrades them first.
+        plugin = _plugin_for(validate_section(Config, raw, label), label)
+        raw = checkpoint.upgraded_config(resumed, plugin, raw)
+    cfg = validate_section(Config, apply_overrides(raw, list(overrides)), source)
+    if resumed is not None:
         # The run may have been moved since: it continues where it is now.
         cfg.output.storage_path, cfg.output.name = run.storage_path, run.name
         if run.remote:
             cfg.output.s3_endpoint = run.s3_endpoint
-    else:
-        label = config_path
-        cfg, raw = load_config(config_path, overrides)
-    source = label + (" (with command-line overrides)" if overrides else "")
     plugin = _plugin_for(cfg, source)
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
     _check_devices(cfg, source)
-    _preflight(plugin, sections)
+    resolved = resolved_dict(cfg, sections)
+    if resumed is not None:
+        # Before anything is written: a refused override leaves config.yaml as it was.
+        checkpoint.check_resume(resumed, resolved, sections.model, source)
+    _preflight(plugin, sections, resumed)
 
     if not resume:
         run = _new_run(cfg, Path(config_path))
-    resolved = resolved_dict(cfg, sections)
+        resolved = resolved_dict(cfg, sections)
     run.write_bytes("config.yaml", yaml.safe_dump(resolved, sort_keys=False).encode())
 
     job = {"config": resolved, "run_dir": run.uri,
@@ -356,32 +383,64 @@ def find_checkpoint(target: str) -> Path:
     return path
 
 
+class _ResultBox:
+    """Receives rank 0's evaluation result on the driver's side (an actor: workers may run on
+    other nodes, where the driver's paths do not exist)."""
+
+    def __init__(self):
+        self.value = None
+
+    def put(self, value):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+
 def evaluate(target: str, overrides: list[str], workers: int = 0, output: Optional[str] = None,
              address: Optional[str] = None) -> dict[str, Any]:
-    checkpoint = find_checkpoint(target).resolve()
-    state = load_checkpoint(checkpoint)
-    if "config" not in state or "classes" not in state:
-        raise UserError(f"{checkpoint}: not a visionkit checkpoint (no config/classes inside)")
-    source = f"{checkpoint} (embedded config{' with overrides' if overrides else ''})"
-    raw = apply_overrides(state["config"], overrides)
+    path = find_checkpoint(target).resolve()
+    ckpt = checkpoint.load(path)
+    source = f"{path} (embedded config{' with overrides' if overrides else ''})"
+    plugin = _plugin_for(validate_section(Config, ckpt.config, source), source)
+    raw = apply_overrides(checkpoint.upgraded_config(ckpt, plugin), overrides)
     raw.setdefault("ray", {})["num_workers"] = workers
     cfg = validate_section(Config, raw, source)
     plugin = _plugin_for(cfg, source)
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
+    val = plugin.build_dataset(sections.data, "val")
+    checkpoint.check_classes(ckpt, val.classes, f"the validation data ({getattr(sections.data, 'root', '')})")
+    del val
     if output:
         out = Path(output).resolve()
-    elif checkpoint.parent.name == "checkpoints":
-        out = checkpoint.parent.parent / "eval.json"  # RUN/checkpoints/best.pt -> RUN/eval.json
+    elif path.parent.name == "checkpoints":
+        out = path.parent.parent / "eval.json"  # RUN/checkpoints/best.pt -> RUN/eval.json
     else:
-        out = checkpoint.with_suffix(".eval.json")
+        out = path.with_suffix(".eval.json")
     out.unlink(missing_ok=True)  # never report a stale file if the job fails to write it
-    job = {"config": resolved_dict(cfg, sections), "source": source, "checkpoint": str(checkpoint),
+    job = {"config": resolved_dict(cfg, sections), "source": source, "checkpoint": str(path),
            "output": str(out)}
     from . import loop
 
     if workers == 0:
         loop.local_eval(job, cfg.ray.use_gpu)
-    else:
+        return json.loads(out.read_text())
+    import ray
+
+    started_here = not ray.is_initialized()
+    init_ray(address or cfg.ray.address)
+    box = ray.remote(num_cpus=0)(_ResultBox).remote()
+    job.update(checkpoint_ref=ray.put(path.read_bytes()), result_box=box)
+    try:
         with tempfile.TemporaryDirectory(prefix="visionkit-eval-") as storage:
             _fit(loop.ray_eval_entry, job, cfg, LocalRun(Path(storage) / "eval"), address, 0)
-    return json.loads(out.read_text())
+        payload = ray.get(box.get.remote())
+    finally:
+        if started_here:
+            ray.shutdown()
+    if payload is None:
+        raise RuntimeError("evaluation finished without a result from rank 0")
+    from ..fileio import atomic_write_text
+
+    atomic_write_text(out, json.dumps(payload, indent=1))
+    return payload

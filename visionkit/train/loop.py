@@ -3,10 +3,13 @@
 ``train_worker`` is what each Ray Train worker (or this process, with ``num_workers: 0``) runs.
 It knows nothing task-specific: the plugin supplies data, model, loss, prediction and metric.
 
-Determinism and resume: every epoch reseeds Python, NumPy and torch from (seed, epoch, rank), and
-the distributed sampler shuffles from (seed, epoch). So an epoch's randomness depends only on its
-number, and a run resumed from the checkpoint of epoch k replays epoch k+1 exactly as an
-uninterrupted run would: the checkpoint needs the epoch, not a snapshot of generator states.
+Determinism and resume: every epoch reseeds Python, NumPy and torch from (seed, epoch, rank) for
+the model's own randomness (dropout); the sampler shuffles from (seed, epoch) and reseeds every
+sample's augmentation from (seed, epoch, index) (:mod:`.sampling`). So an epoch's randomness
+depends only on its number, and a run resumed from the checkpoint of epoch k replays epoch k+1
+exactly as an uninterrupted run would: the checkpoint needs the epoch, not generator states.
+The LR is a function of the fraction of training done (:mod:`.optim`), so it survives a resume
+with another worker count or batch size.
 """
 
 from __future__ import annotations
@@ -23,18 +26,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import checkpoint
 from ..config import Config, TaskConfigs, task_configs
 from ..errors import UserError
-from ..fileio import atomic_torch_save, load_checkpoint
 from ..plugin import Metric, TaskPlugin
 from ..registry import get_plugin
 from ..storage import RunStore, is_remote
 from .context import LocalWorker, RayWorker
 from .evalloader import build_val_loader
-from .optim import build_optimizer, build_scheduler
+from .optim import LRSchedule, build_optimizer, load_optimizer_state
 from .runlog import RunLog, scalars
-
-CHECKPOINT_FORMAT = 1
+from .sampling import SeededSampler, SeededSamples
 
 
 class TrainingDiverged(UserError):
@@ -80,13 +82,16 @@ class Task:
     def dataset(self, split: str):
         return self.plugin.build_dataset(self.sections.data, split)
 
-    def model(self, classes: list[str]) -> torch.nn.Module:
-        return self.plugin.build_model(self.sections.model, classes, self.sections.data)
+    def model(self, classes: list[str], initial_weights: bool = True) -> torch.nn.Module:
+        """``initial_weights=False`` when a checkpoint's weights will replace them anyway."""
+        section = self.sections.model if initial_weights else checkpoint.without_initial_weights(self.sections.model)
+        return self.plugin.build_model(section, classes, self.sections.data)
 
-    def loader(self, dataset, shuffle: bool) -> torch.utils.data.DataLoader:
+    def train_loader(self, dataset, rank: int, world_size: int) -> torch.utils.data.DataLoader:
         t = self.cfg.train
         return torch.utils.data.DataLoader(
-            dataset, batch_size=t.batch_size, shuffle=shuffle, num_workers=t.loader_workers,
+            SeededSamples(dataset), batch_size=t.batch_size,
+            sampler=SeededSampler(dataset, t.seed, rank, world_size), num_workers=t.loader_workers,
             collate_fn=self.plugin.collate, drop_last=False,
             persistent_workers=t.loader_workers > 0, pin_memory=torch.cuda.is_available())
 
@@ -95,34 +100,39 @@ class Task:
         return build_val_loader(self.plugin, dataset, rank, world_size, t.batch_size, t.loader_workers)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, task: Task, ctx, epoch: int):
+def train_one_epoch(model, loader, loss_fn, optimizer, schedule: LRSchedule, scaler, task: Task, ctx, epoch: int):
     t = task.cfg.train
+    accum = t.grad_accum_steps
     model.train()
     # Per-step loss values are kept as detached tensors and summed once at the end: no host
     # sync per step on a GPU, and no extra tensor ops per step on a CPU.
     logged: dict[str, tuple[list[torch.Tensor], list[int]]] = {}
     images = 0
     steps = len(loader)
+    updates = -(-steps // accum)  # optimizer steps this epoch
     on_cpu = ctx.device.type == "cpu"  # loader batches are already there
     bar = ctx.progress(steps, desc=f"epoch {epoch + 1}/{t.epochs}") if ctx.rank == 0 and t.progress else None
     for i, batch in enumerate(loader):
         if not on_cpu:
             batch = move_to(batch, ctx.device)
-        step_now = (i + 1) % t.grad_accum_steps == 0 or i + 1 == steps
+        group = i // accum
+        # The last group of an epoch may be short: each of its batches weighs 1/len(group).
+        group_len = min(accum, steps - group * accum)
+        step_now = (i + 1) % accum == 0 or i + 1 == steps
         no_sync = model.no_sync() if (not step_now and isinstance(model, DistributedDataParallel)) else contextlib.nullcontext()
         with no_sync:
             with autocast(t.amp, ctx.device):
                 out = loss_fn(model, batch)
-            loss = out.total / t.grad_accum_steps if t.grad_accum_steps > 1 else out.total
+            loss = out.total / group_len if group_len > 1 else out.total
             scaler.scale(loss).backward()
         if step_now:
+            schedule.set(epoch + group / updates)
             if t.grad_clip_norm:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
         n = task.plugin.batch_size_of(batch)
         images += n
         if bar is not None:
@@ -176,23 +186,24 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
 
     train_set, val_set = task.dataset("train"), task.dataset("val")
     classes = list(train_set.classes)
-    model = ctx.prepare_model(task.model(classes))
+    restored = ctx.restored_state()
+    if restored is not None:
+        checkpoint.check_classes(restored, classes, "the training data")
+    model = ctx.prepare_model(task.model(classes, initial_weights=restored is None))
     loss_fn = task.plugin.build_loss(task.sections.loss, classes)
-    train_loader = ctx.prepare_train_loader(task.loader(train_set, shuffle=True))
+    train_loader = task.train_loader(train_set, ctx.rank, ctx.world_size)
     val_loader = task.val_loader(val_set, ctx.rank, ctx.world_size)
-    steps_per_epoch = -(-len(train_loader) // t.grad_accum_steps)
     optimizer = build_optimizer(model, t.optimizer)
-    scheduler = build_scheduler(optimizer, t.scheduler, steps_per_epoch, t.epochs)
+    schedule = LRSchedule(optimizer, t.scheduler, t.optimizer.lr, t.epochs)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=t.amp == "fp16")
 
     start_epoch, best = 0, {"value": None, "epoch": None}
-    state = ctx.restored_state()
-    if state is not None:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
+    if restored is not None:
+        unwrap(model).load_state_dict(restored.model)
+        load_optimizer_state(optimizer, restored.optimizer, t.optimizer)
+        if scaler.is_enabled() and restored.scaler:  # a run that turns fp16 on starts a fresh scaler
+            scaler.load_state_dict(restored.scaler)
+        start_epoch, best = restored.epoch + 1, restored.best
     placement = ctx.all_gather(ctx.describe())
     log = None
     if ctx.rank == 0:
@@ -209,13 +220,14 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
 
     for epoch in range(start_epoch, t.epochs):
         seed_everything(t.seed, epoch, ctx.rank)
-        ctx.set_epoch(train_loader, epoch)
+        train_loader.sampler.set_epoch(epoch)
         tic = time.perf_counter()
-        sums, images, first_step = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, scaler, task, ctx, epoch)
+        sums, images, first_step = train_one_epoch(model, train_loader, loss_fn, optimizer, schedule, scaler, task, ctx, epoch)
         train_time = time.perf_counter() - tic
         gathered = ctx.all_gather((sums, images))
         total_images = sum(n for _, n in gathered)
-        row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        # The LR where this epoch ends: the same for any number of steps per epoch.
+        row: dict[str, Any] = {"epoch": epoch, "lr": schedule.lr_at(epoch + 1)}
         for name in sums:
             row[f"train/{name}"] = sum(s[name] for s, _ in gathered) / total_images
         row["train/images_per_s"] = total_images / train_time
@@ -245,7 +257,7 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
             if is_best:  # before best.pt: a crash between the two never leaves eval_best.json behind it
                 log.best(result, epoch, metric.primary)
                 task.plugin.write_visuals(result, classes, log.plots)
-            state_file = save_checkpoint(run_dir, task, classes, unwrap(model), optimizer, scheduler, scaler, epoch, best,
+            state_file = save_checkpoint(run_dir, task, classes, unwrap(model), optimizer, scaler, epoch, best,
                                          is_best=is_best)
             if store is not None:
                 # Before Ray commits the checkpoint: the store never lags behind it.
@@ -267,19 +279,18 @@ def summary_line(row: dict[str, Any], epochs: int, metric: Optional[Metric], bes
     return "[visionkit] " + "  ".join(parts)
 
 
-def save_checkpoint(run_dir: Path, task: Task, classes, model, optimizer, scheduler, scaler, epoch: int,
+def save_checkpoint(run_dir: Path, task: Task, classes, model, optimizer, scaler, epoch: int,
                     best: dict[str, Any], is_best: bool) -> Path:
     """``last.pt`` atomically every epoch; ``best.pt`` a hard link to it when it is the best."""
     ckpt_dir = run_dir / "checkpoints"
-    state = {
-        "format": CHECKPOINT_FORMAT, "task": task.cfg.task, "classes": classes, "epoch": epoch,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best": best,
-        "config": task.cfg.model_dump(mode="json") | {
-            name: getattr(task.sections, name).model_dump(mode="json") for name in ("data", "model", "loss")},
-    }
+    config = task.cfg.model_dump(mode="json") | {
+        name: getattr(task.sections, name).model_dump(mode="json") for name in ("data", "model", "loss")}
+    state = checkpoint.Checkpoint(
+        where=str(ckpt_dir / "last.pt"), task=task.cfg.task, classes=classes, epoch=epoch, config=config,
+        model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), best=best,
+        plugin_config_version=getattr(task.plugin, "config_version", 1))
     last = ckpt_dir / "last.pt"
-    atomic_torch_save(state, last)
+    checkpoint.save(state, last)
     if is_best:
         tmp = ckpt_dir / ".best.pt.tmp"
         tmp.unlink(missing_ok=True)
@@ -288,26 +299,25 @@ def save_checkpoint(run_dir: Path, task: Task, classes, model, optimizer, schedu
     return last
 
 
-def eval_worker(job: dict[str, Any], ctx) -> None:
-    """Evaluates a checkpoint's weights on the config's validation split; rank 0 writes JSON."""
+def eval_worker(job: dict[str, Any], ctx) -> Optional[dict[str, Any]]:
+    """Evaluates a checkpoint's weights on the config's validation split; rank 0 returns the
+    result. The checkpoint comes as a local file (in this process) or as bytes through Ray's
+    object store: workers may run on nodes that do not have the driver's files."""
     task = Task(job["config"], source=job["source"])
-    state = load_checkpoint(Path(job["checkpoint"]))
+    ckpt = ctx.checkpoint_for_eval(job)
     val_set = task.dataset("val")
-    classes = list(state["classes"])
-    model = task.model(classes)
-    model.load_state_dict(state["model"])
-    model = model.to(ctx.device)
-    metric = task.plugin.build_metric(classes)
+    checkpoint.check_classes(ckpt, val_set.classes, f"data.root {task.sections.data.root}"
+                             if hasattr(task.sections.data, "root") else "the validation data")
+    model = checkpoint.build_model(task.plugin, task.sections, ckpt.classes, ckpt).to(ctx.device)
+    metric = task.plugin.build_metric(ckpt.classes)
     result = evaluate(model, task.val_loader(val_set, ctx.rank, ctx.world_size), task, metric, ctx)
+    payload = None
     if ctx.rank == 0:
-        import json
-
-        from ..fileio import atomic_write_text
-
-        payload = {"checkpoint": job["checkpoint"], "epoch": state["epoch"], "num_images": len(val_set),
+        payload = {"checkpoint": job["checkpoint"], "epoch": ckpt.epoch, "num_images": len(val_set),
                    "workers": ctx.world_size, "primary": metric.primary, **result}
-        atomic_write_text(Path(job["output"]), json.dumps(payload, indent=1))
+        ctx.eval_result(job, payload)
     ctx.report({}, None)
+    return payload
 
 
 # --- entry points for Ray Train workers (module-level so Ray can pickle them by reference) ---
