@@ -31,6 +31,7 @@ class CountMAE(_Scored):
 
 class Top1(_Scored):
     primary = "top1"
+    higher_is_better = True
 
 
 def gate(metric, fp32, reduced, max_drop):
