@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from visionkit.config import load_config, task_configs  # noqa: E402
 from visionkit.registry import get_plugin  # noqa: E402
-from visionkit.train.optim import build_optimizer, build_scheduler  # noqa: E402
+from visionkit.train.optim import LRSchedule, build_optimizer  # noqa: E402
 
 
 def main() -> None:
@@ -50,20 +50,20 @@ def main() -> None:
     model = plugin.build_model(sec.model, classes)
     loss_fn = plugin.build_loss(sec.loss, classes)
     opt = build_optimizer(model, t.optimizer)
-    sched = build_scheduler(opt, t.scheduler, len(loader), t.epochs)
+    sched = LRSchedule(opt, t.scheduler, t.optimizer.lr, t.epochs)
     curve = []
     print(f"setup {time.perf_counter() - T0:.1f}s, {len(loader)} steps/epoch of {batch}", flush=True)
     for epoch in range(t.epochs):
         model.train()
         sums: dict[str, float] = {}
-        for b in loader:
+        for i, b in enumerate(loader):
+            sched.set(epoch + i / len(loader))
             out = loss_fn(model, b)
             opt.zero_grad(set_to_none=True)
             out.total.backward()
             if t.grad_clip_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
             opt.step()
-            sched.step()
             for k, v in {"loss": out.total, **out.parts}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(loader)
         line = f"epoch {epoch + 1:3d} {time.perf_counter() - T0:7.1f}s " + " ".join(f"{k} {v:.3f}" for k, v in sums.items())

@@ -21,7 +21,7 @@ from visionkit import cli
 from visionkit.data import synth
 from visionkit.errors import UserError
 from visionkit.export.precision import to_fp16
-from visionkit.fileio import load_checkpoint
+from visionkit.fileio import torch_load
 from visionkit.runtime import Model
 from visionkit.train import launch
 
@@ -82,7 +82,7 @@ def test_export_is_checked_and_described(task, models, runs):
     assert checks["outputs"]["ok"] and checks["outputs"]["images"] == 8
     props = {p.key: json.loads(p.value) for p in onnx.load(str(models[task])).metadata_props}
     assert props["visionkit.task"] == task
-    assert props["visionkit.classes"] == load_checkpoint(runs[task] / "checkpoints" / "best.pt")["classes"]
+    assert props["visionkit.classes"] == torch_load(runs[task] / "checkpoints" / "best.pt")["classes"]
     assert props["visionkit.version"] and props["visionkit.opset"] == 17
     assert props["visionkit.source"]["run_dir"] == str(runs[task])
     assert props["visionkit.normalization"]["in_graph"] is True and len(props["visionkit.normalization"]["mean"]) == 3
@@ -381,7 +381,7 @@ def test_export_refuses_what_the_runtime_cannot_replay(runs, tmp_path, capsys):
     from visionkit.fileio import atomic_torch_save
 
     # A run validated with a CenterCrop: the runtime replays only Resize.
-    state = load_checkpoint(runs["segmentation"] / "checkpoints" / "last.pt")
+    state = torch_load(runs["segmentation"] / "checkpoints" / "last.pt")
     state["config"]["data"]["val_transforms"] = [{"name": "CenterCrop", "height": 32, "width": 32}]
     atomic_torch_save(state, tmp_path / "checkpoints" / "last.pt")
     _one_line_error(capsys, 2, ["export", str(tmp_path / "checkpoints" / "last.pt"), "-o", str(tmp_path / "m.onnx")],

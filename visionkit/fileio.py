@@ -93,15 +93,3 @@ def torch_load(path: Path) -> Any:
     except Exception as exc:
         lines = str(exc).strip().splitlines()
         raise ValueError(f"{type(exc).__name__}: {lines[0] if lines else 'unreadable'}") from None
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    from .errors import UserError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        return torch_load(path)
-    except ValueError as exc:
-        raise UserError(f"{path}: not a readable visionkit checkpoint ({exc})") from None

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from visionkit.errors import ConfigError
-from visionkit.fileio import load_checkpoint
+from visionkit.weights import read_state_dict
 from visionkit.plugin import Section
 
 
@@ -85,8 +85,7 @@ def build_model(cfg: ModelConfig, num_classes: int, channels: int, image_size: i
         if channels == 1:
             _first_conv_to_gray(model)
     if cfg.weights:
-        state = load_checkpoint(cfg.weights)
-        state = state.get("model", state)
+        state = read_state_dict(cfg.weights)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

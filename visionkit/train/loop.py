@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import checkpoint
 from ..config import Config, TaskConfigs, task_configs
 from ..errors import UserError
-from ..plugin import Metric, TaskPlugin
+from ..plugin import Metric, TaskPlugin, check_metric_result
 from ..registry import get_plugin
 from ..storage import RunStore, is_remote
 from .context import LocalWorker, RayWorker
@@ -240,6 +240,7 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
             metric = task.plugin.build_metric(classes)
             ctx.sync_buffers(unwrap(model))
             result = evaluate(unwrap(model), val_loader, task, metric, ctx)
+            check_metric_result(metric, result, task.cfg.task)
             row.update({f"val/{k}": v for k, v in scalars(result).items()})
             value = float(result[metric.primary])
             improved = _is_better(metric, value, best["value"])
@@ -311,6 +312,7 @@ def eval_worker(job: dict[str, Any], ctx) -> Optional[dict[str, Any]]:
     model = checkpoint.build_model(task.plugin, task.sections, ckpt.classes, ckpt).to(ctx.device)
     metric = task.plugin.build_metric(ckpt.classes)
     result = evaluate(model, task.val_loader(val_set, ctx.rank, ctx.world_size), task, metric, ctx)
+    check_metric_result(metric, result, task.cfg.task)
     payload = None
     if ctx.rank == 0:
         payload = {"checkpoint": job["checkpoint"], "epoch": ckpt.epoch, "num_images": len(val_set),
