@@ -118,6 +118,17 @@ class TaskPlugin(abc.ABC):
         """Number of images in a batch, for throughput figures."""
         return len(batch[0])
 
+    def eval_size_key(self, dataset: Any, index: int) -> Any:
+        """A hashable key: validation images with equal keys may share a batch.
+
+        Give equal keys only to images that reach the model at one size (e.g. their stored width
+        and height, read without decoding; one constant when the validation transforms end in a
+        fixed resize): padding a mixed batch changes predictions, so the metric would depend on the
+        worker count and batch size (see :mod:`visionkit.data.grouping`). The default, one key for
+        all, batches in shard order as before.
+        """
+        return None
+
     # --- model, loss, prediction -----------------------------------------------------------
     @abc.abstractmethod
     def build_model(self, model: Any, classes: list[str], data: Any) -> torch.nn.Module:

@@ -70,6 +70,11 @@ class DetectionPlugin(TaskPlugin):
     def batch_size_of(self, batch: Any) -> int:
         return len(batch[0])
 
+    def eval_size_key(self, dataset: Any, index: int) -> Any:
+        """The image's size: torchvision detectors pad a batch to its largest image, which changes
+        the features (and so the detections) of the smaller ones."""
+        return _data.eval_size_key(dataset, index)
+
     def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig | None = None) -> torch.nn.Module:
         """``data`` is unused: detectors resize inputs themselves (model.min_size/max_size)."""
         return _models.build(model, num_classes=len(classes) + 1)  # + background

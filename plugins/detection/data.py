@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from visionkit.data.grouping import fixed_output_size
 from visionkit.data.images import load_rgb
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import ConfigError, DataError
@@ -83,6 +84,15 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.is_val:
             target.update(orig_size=(rec.height, rec.width), gt=rec.gt, file=str(rec.file))
         return image, target
+
+
+def eval_size_key(dataset: DetectionDataset, index: int) -> tuple[int, int] | None:
+    """The image's size from the COCO record (checked against the file when it is read): the
+    validation transforms and the detector's own resize map one stored size to one input size."""
+    if fixed_output_size(dataset.transform) is not None:
+        return None
+    rec = dataset.split.records[index]
+    return rec.width, rec.height
 
 
 def build_dataset(cfg: DataConfig, split: str, categories: tuple[list[int], list[str]] | None = None) -> DetectionDataset:

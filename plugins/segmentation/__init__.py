@@ -15,7 +15,7 @@ import torch
 from visionkit.plugin import ExportOptions, ExportPlan, TaskPlugin
 
 from . import export as _export
-from .data import DataConfig, SegmentationDataset, build_dataset, collate
+from .data import DataConfig, SegmentationDataset, build_dataset, collate, eval_size_key
 from .loss import LossConfig, build_loss
 from .metric import SegmentationMetric, predicted_classes
 from .models import ModelConfig, build_model
@@ -34,6 +34,11 @@ class SegmentationPlugin(TaskPlugin):
 
     def collate(self, samples: list) -> Any:
         return collate(samples)
+
+    def eval_size_key(self, dataset: SegmentationDataset, index: int) -> Any:
+        """The image's stored size (header only): a zero-padded batch would change the logits near
+        the padding, and global context (DeepLabV3's image pooling) everywhere."""
+        return eval_size_key(dataset, index)
 
     def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig | None = None) -> torch.nn.Module:
         """Fully convolutional: any input size, so the data section changes nothing here."""

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pydantic import Field, field_validator
 
+from visionkit.data.grouping import fixed_output_size
 from visionkit.data.images import IMAGE_SUFFIXES, is_decodable, load_rgb
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import ConfigError, DataError
@@ -165,6 +166,10 @@ class MaskFolder:
     def mask(self, i: int) -> np.ndarray:
         return load_mask(self.masks[i])
 
+    def size(self, i: int) -> tuple[int, int]:
+        """(width, height) from the image's header, without decoding it."""
+        return image_size(self.images[i])
+
     def verify(self, i: int, num_classes: int) -> None:
         check_mask(self.mask(i), self.name(i), image_size(self.images[i]), self.images[i], num_classes)
 
@@ -241,6 +246,10 @@ class CocoMasks:
             mask[self.coco.annToMask(ann).astype(bool)] = value
         return mask
 
+    def size(self, i: int) -> tuple[int, int]:
+        """(width, height) as the file records it; a wrong record fails when the sample is read."""
+        return self.records[i]["width"], self.records[i]["height"]
+
     def verify(self, i: int, num_classes: int) -> None:
         """Rendered masks hold only valid indices; what can be wrong is the recorded size."""
         rec, size = self.records[i], image_size(self.images[i])
@@ -299,6 +308,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         out = self.transform(image=image, mask=mask)
         image = torch.from_numpy(np.require(out["image"], requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
         return image, torch.from_numpy(np.require(out["mask"], requirements=["C", "W"])).long()
+
+
+def eval_size_key(dataset: SegmentationDataset, i: int) -> Optional[tuple[int, int]]:
+    """Images of one stored size leave the (deterministic) validation transforms at one size; after
+    a final fixed Resize all do, and None groups them all."""
+    if fixed_output_size(dataset.transform) is not None:
+        return None
+    return tuple(dataset.source.size(i))
 
 
 def verify(dataset: SegmentationDataset) -> None:
