@@ -248,3 +248,18 @@ def test_configs_validate(name):
     # What the workers get: the resolved config, every field written out, validates again.
     resolved = Config.model_validate(resolved_dict(cfg, sections))
     assert task_configs(resolved, SegmentationPlugin(), "resolved") == sections
+
+
+def test_on_corrupt_skip_drops_bad_images_and_masks_in_one_pass(copy, monkeypatch):
+    """Each sample is checked once, however many are bad and wherever they are."""
+    from visionkit_plugins.segmentation import data as segdata
+
+    (copy / "images" / "train" / "train_00004.png").write_bytes(b"not a png")
+    (copy / "masks" / "train" / "train_00001.png").write_bytes(b"")
+    checked = []
+    real = segdata.is_decodable
+    monkeypatch.setattr(segdata, "is_decodable", lambda p: checked.append(p) or real(p))
+    with pytest.warns(UserWarning, match=r"skipped 2 sample\(s\).* of 6 \(first: .*train_00001.png\)"):
+        ds = build_dataset(DataConfig(root=copy, on_corrupt="skip"), "train")
+    assert len(ds) == 4 and len(checked) == 6
+    assert all(img.name not in ("train_00001.png", "train_00004.png") for img in ds.source.images)

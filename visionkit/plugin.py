@@ -101,6 +101,13 @@ class TaskPlugin(abc.ABC):
     #: the Metric subclass :meth:`build_metric` returns: checked when the plugin loads (``primary``,
     #: ``higher_is_better``), so a mistake shows in ``visionkit plugins``, not after an epoch
     MetricClass: ClassVar[type[Metric]]
+    #: raise it when ``data``/``model``/``loss`` change shape, and upgrade old ones in :meth:`upgrade_config`
+    config_version: ClassVar[int] = 1
+
+    def upgrade_config(self, sections: dict[str, dict[str, Any]], from_version: int) -> dict[str, dict[str, Any]]:
+        """``{"data": ..., "model": ..., "loss": ...}`` as written at ``from_version``, in today's
+        shape: checkpoints and run configs record the version they were written with."""
+        return sections
 
     # --- data -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -132,7 +139,11 @@ class TaskPlugin(abc.ABC):
     # --- model, loss, prediction -----------------------------------------------------------
     @abc.abstractmethod
     def build_model(self, model: Any, classes: list[str], data: Any) -> torch.nn.Module:
-        """``data`` is the validated data section, for input size or channels."""
+        """``data`` is the validated data section, for input size or channels.
+
+        Every ``Path`` field of ``model`` names a file of initial weights: when the model is
+        rebuilt from a checkpoint (resume, eval, export) those fields are None, because the
+        checkpoint's weights supersede them and the files may be gone."""
 
     @abc.abstractmethod
     def build_loss(self, loss: Any, classes: list[str]) -> LossFn:

@@ -325,19 +325,19 @@ def verify(dataset: SegmentationDataset) -> None:
 
 
 def _drop_corrupt(source, where: str) -> None:
-    good = []
+    """One pass that notes the bad samples as it finds them: linear in the sample count."""
+    good, bad = [], []
     for i in range(len(source)):
-        if not is_decodable(source.images[i]):
-            continue
         try:
-            source.mask(i)
+            ok = is_decodable(source.images[i])
+            if ok:
+                source.mask(i)
         except DataError:
-            continue
-        good.append(i)
-    if len(good) < len(source):
-        first = next(i for i in range(len(source)) if i not in set(good))
-        warnings.warn(f"{where}: skipped {len(source) - len(good)} sample(s) with a corrupt image or mask of "
-                      f"{len(source)} (first: {source.images[first]})", stacklevel=2)
+            ok = False
+        (good if ok else bad).append(i)
+    if bad:
+        warnings.warn(f"{where}: skipped {len(bad)} sample(s) with a corrupt image or mask of "
+                      f"{len(source)} (first: {source.images[bad[0]]})", stacklevel=2)
         source.keep(good)
 
 
