@@ -75,6 +75,8 @@ def cls_overrides(root: Path, run_root: Path, name: str, **extra) -> list[str]:
         "train.epochs": 3, "train.batch_size": 16, "train.optimizer.name": "adam",
         "train.optimizer.lr": 0.003, "train.scheduler.name": "constant", "train.progress": False,
         "output.storage_path": str(run_root), "output.name": name,
+        # Through Ray, two workers: these runs are the ones that prove DDP (the demo uses auto).
+        "ray.num_workers": 2,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

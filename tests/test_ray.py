@@ -88,7 +88,7 @@ def test_resume_after_the_driver_is_killed_is_bit_exact(ray_cluster, shapes_cls,
 def _train_on_two_workers_then_evaluate(task: str, root: Path, tmp_path: Path):
     """One epoch of the task's demo config through Ray (2 workers), then its metric with 1 and 2 workers."""
     run = launch.train(str(REPO / "configs" / task / "shapes.yaml"), [
-        f"data.root={root}", "train.epochs=1", "train.batch_size=4", "train.progress=false",
+        f"data.root={root}", "train.epochs=1", "train.batch_size=4", "train.progress=false", "ray.num_workers=2",
         f"output.storage_path={tmp_path}", f"output.name={task}"])
     one = launch.evaluate(str(run), [], workers=0, output=str(tmp_path / "one.json"))
     two = launch.evaluate(str(run), [], workers=2, output=str(tmp_path / "two.json"))

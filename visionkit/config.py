@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -51,9 +51,12 @@ class TrainConfig(Section):
 
 
 class RayConfig(Section):
-    num_workers: int = Field(2, ge=0, description="0 runs the loop in this process, without Ray")
+    num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = Field(
+        "auto", description="auto: one worker per GPU, or per CPU-only node with all its CPUs; 0 runs the loop in "
+                            "this process, without Ray")
     use_gpu: bool = False
-    resources_per_worker: dict[str, float] = {"CPU": 1.0}
+    resources_per_worker: Optional[dict[str, float]] = Field(
+        None, description="null: sized by the layout (auto: a node's CPUs, or its CPUs per GPU; a count: CPU 1)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = Field(0, ge=-1)
     placement_timeout_s: Optional[float] = Field(

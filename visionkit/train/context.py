@@ -77,13 +77,14 @@ class LocalWorker:
 class RayWorker(LocalWorker):
     """A Ray Train worker: DDP model, distributed sampler, checkpoints reported to Ray."""
 
-    def __init__(self, resume_from: Optional[str] = None, s3_endpoint: Optional[str] = None):
+    def __init__(self, resume_from: Optional[str] = None, s3_endpoint: Optional[str] = None, threads: int = 1):
         import ray.train
         import ray.train.torch
 
         from .raylogs import quiet
 
         quiet()
+        torch.set_num_threads(threads)  # the CPUs this worker was given (ray.resources_per_worker)
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()

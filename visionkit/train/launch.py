@@ -30,7 +30,7 @@ def _plugin_for(cfg: Config, source: str):
 def _check_devices(cfg: Config, source: str) -> None:
     if cfg.train.amp == "fp16" and not cfg.ray.use_gpu:
         raise ConfigError(f"{source}: train.amp: fp16 needs ray.use_gpu: true (on CPU use bf16 or off)")
-    resources = cfg.ray.resources_per_worker
+    resources = cfg.ray.resources_per_worker or {}
     bad = {k: v for k, v in resources.items() if v < 0}
     if bad:
         raise ConfigError(f"{source}: ray.resources_per_worker: amounts must be >= 0, got {bad}")
@@ -91,7 +91,9 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
             first = (str(exc).strip().splitlines() or [""])[0]
             raise UserError(f"--address {address}: could not join the Ray cluster: {type(exc).__name__}: {first}") from None
     else:
-        # An embedded single-node Ray sized to this machine, quiet and small.
+        # An embedded single-node Ray sized to this machine, quiet and small. Its token
+        # authentication stays on; only the warning that announces it (to opt out) is dropped.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  object_store_memory=256 * 1024**2, logging_level=logging.WARNING,
                  runtime_env={"worker_process_setup_hook": "visionkit.train.raylogs.quiet"})
@@ -160,7 +162,7 @@ def _cluster_free() -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(free.items()) if k in ("CPU", "GPU") or not k.startswith(("node:", "memory", "object_store")))
 
 
-def _raise_worker_failure(exc: BaseException, run, cfg: Config) -> None:
+def _raise_worker_failure(exc: BaseException, run, cfg: Config, layout) -> None:
     """A user mistake found on a worker is reported like one found here; a lost node or a
     cluster without room says what is missing and how to resume; a bug keeps its trace."""
     failures = getattr(exc, "worker_failures", None) or {}
@@ -179,10 +181,9 @@ def _raise_worker_failure(exc: BaseException, run, cfg: Config) -> None:
     lost = _lost_nodes(run, died) if run is not None else []
     lost_text = "; lost " + " and ".join(lost) if lost else ""
     if type(controller).__name__ == "WorkerGroupStartupTimeoutError":
-        r = cfg.ray
         raise ClusterError(
-            f"the cluster has no room for {r.num_workers} worker(s) of {r.resources_per_worker} "
-            f"(waited {r.placement_timeout_s:g}s, ray.placement_timeout_s){lost_text}; free now: {_cluster_free()}. "
+            f"the cluster has no room for {layout.num_workers} worker(s) of {layout.resources_per_worker} "
+            f"(waited {cfg.ray.placement_timeout_s:g}s, ray.placement_timeout_s){lost_text}; free now: {_cluster_free()}. "
             f"Add nodes or lower ray.num_workers, then {resume}") from None
     if lost or died:
         what = lost_text[2:] if lost else f"worker rank(s) {sorted(died)} died"
@@ -207,23 +208,33 @@ def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], m
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from .layout import as_job, cluster_nodes, resolve
+
     started_here = not ray.is_initialized()
     init_ray(address)
+    layout = resolve(cfg.ray, cluster_nodes(), job.get("source", "config"))
+    job["layout"] = as_job(layout)
     if "run_dir" in job:
+        print(f"[visionkit] {cfg.task}: training on {layout.describe()}"
+              f"{' (ray.num_workers: auto)' if cfg.ray.num_workers == 'auto' else ''}; run directory {run.uri}", flush=True)
         _note_storage(run)
     # Ray Train waits 60 s for a placement and then retries forever; a finite wait ends in a
     # message instead of a hang (a lost node the cluster cannot replace, a request too big).
     timeout = cfg.ray.placement_timeout_s
     if timeout is not None:
         os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(timeout)
+    # The preemption watcher drains workers off spot nodes being reclaimed; on one node it has
+    # nothing to watch, and its start logs a core_worker.cc error line the user cannot act on.
+    if len(cluster_nodes()) == 1:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     storage_path, filesystem = run.ray_storage()
     trainer = TorchTrainer(
         entry,
         train_loop_config=job,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-            resources_per_worker=cfg.ray.resources_per_worker,
-            placement_strategy=cfg.ray.placement_strategy),
+            num_workers=layout.num_workers, use_gpu=cfg.ray.use_gpu,
+            resources_per_worker=layout.resources_per_worker,
+            placement_strategy=layout.placement_strategy),
         run_config=ray.train.RunConfig(
             name=run.name, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(
@@ -237,7 +248,7 @@ def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], m
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
         try:
-            _raise_worker_failure(exc, run if "run_dir" in job else None, cfg)
+            _raise_worker_failure(exc, run if "run_dir" in job else None, cfg, layout)
         finally:
             if started_here:
                 ray.shutdown()  # stops forwarding the workers' logs: the error stays the last line
@@ -341,10 +352,11 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
         resolved = resolved_dict(cfg, sections)
     run.write_bytes("config.yaml", yaml.safe_dump(resolved, sort_keys=False).encode())
 
-    job = {"config": resolved, "run_dir": run.uri,
+    # Progress bars only on a terminal: in a log file, CI or `ray job logs`, one line per epoch.
+    job = {"config": resolved, "run_dir": run.uri, "source": source, "progress": cfg.train.progress and _terminal(),
            "resume_from": f"{run.uri}/checkpoints/last.pt" if resume else None}
-    where = "in this process" if cfg.ray.num_workers == 0 else f"on {cfg.ray.num_workers} Ray worker(s)"
-    print(f"[visionkit] {cfg.task}: training {where}; run directory {run.uri}", flush=True)
+    if cfg.ray.num_workers == 0:
+        print(f"[visionkit] {cfg.task}: training in this process; run directory {run.uri}", flush=True)
     from . import loop
 
     tic = time.perf_counter()
@@ -354,6 +366,12 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
         _fit(loop.ray_train_entry, job, cfg, run, address or cfg.ray.address, cfg.ray.max_failures)
     print(final_summary(run, time.perf_counter() - tic), flush=True)
     return run.uri if run.remote else run.local
+
+
+def _terminal() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
 
 
 def final_summary(run, seconds: float) -> str:

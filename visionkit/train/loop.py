@@ -78,6 +78,7 @@ class Task:
         self.cfg = Config.model_validate(config)
         self.plugin: TaskPlugin = get_plugin(self.cfg.task)
         self.sections: TaskConfigs = task_configs(self.cfg, self.plugin, source)
+        self.show_progress = self.cfg.train.progress
 
     def dataset(self, split: str):
         return self.plugin.build_dataset(self.sections.data, split)
@@ -111,7 +112,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule: LRSchedule, sca
     steps = len(loader)
     updates = -(-steps // accum)  # optimizer steps this epoch
     on_cpu = ctx.device.type == "cpu"  # loader batches are already there
-    bar = ctx.progress(steps, desc=f"epoch {epoch + 1}/{t.epochs}") if ctx.rank == 0 and t.progress else None
+    bar = ctx.progress(steps, desc=f"epoch {epoch + 1}/{t.epochs}") if ctx.rank == 0 and task.show_progress else None
     for i, batch in enumerate(loader):
         if not on_cpu:
             batch = move_to(batch, ctx.device)
@@ -170,6 +171,7 @@ def _is_better(metric: Metric, value: float, best: Optional[float]) -> bool:
 
 def train_worker(job: dict[str, Any], ctx) -> None:
     task = Task(job["config"], source=f"{job['run_dir']}/config.yaml")
+    task.show_progress = job.get("progress", task.show_progress)
     # An object store: rank 0 works in a local copy of the run files and uploads each epoch's.
     store = RunStore.from_output(task.cfg.output) if is_remote(job["run_dir"]) else None
     run_dir = store.staging_dir() if store else Path(job["run_dir"])
@@ -212,7 +214,8 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
         log = RunLog(run_dir, last_epoch=start_epoch - 1)
         log.workers(placement, start_epoch)
         group = f", process group {torch.distributed.get_backend()}" if torch.distributed.is_initialized() else ""
-        print(f"[visionkit] {ctx.world_size} worker(s) on {ctx.device.type}{group}, amp {t.amp}", flush=True)
+        threads = f", {torch.get_num_threads()} CPU thread{'s' * (torch.get_num_threads() != 1)} each"
+        print(f"[visionkit] {ctx.world_size} worker(s) on {ctx.device.type}{threads}{group}, amp {t.amp}", flush=True)
         if store is not None:
             store.push(run_dir)  # workers.json: where this attempt runs, for the driver's failure report
         if start_epoch:
@@ -328,12 +331,16 @@ def _endpoint(job: dict[str, Any]) -> Optional[str]:
     return job["config"].get("output", {}).get("s3_endpoint")
 
 
+def _threads(job: dict[str, Any]) -> int:
+    return int(job.get("layout", {}).get("threads", 1))
+
+
 def ray_train_entry(job: dict[str, Any]) -> None:
-    train_worker(job, RayWorker(job.get("resume_from"), _endpoint(job)))
+    train_worker(job, RayWorker(job.get("resume_from"), _endpoint(job), _threads(job)))
 
 
 def ray_eval_entry(job: dict[str, Any]) -> None:
-    eval_worker(job, RayWorker())
+    eval_worker(job, RayWorker(threads=_threads(job)))
 
 
 def local_train(job: dict[str, Any], use_gpu: bool) -> None:

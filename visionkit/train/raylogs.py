@@ -20,3 +20,8 @@ def quiet() -> None:
     # reach the State API and warns every few seconds. It only matters when the controller
     # dies uncleanly, and then the embedded Ray goes down with the driver anyway.
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    # Train V2 asks the autoscaling coordinator for its resources every few seconds, with a
+    # short timeout; on a busy small machine the call times out and logs a traceback that says
+    # it is "safe to ignore". A fixed-size cluster never needs the request.
+    logging.getLogger("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client").setLevel(
+        logging.ERROR)
