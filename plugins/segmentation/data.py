@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import random
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -279,10 +278,9 @@ def read_classes(cfg: DataConfig) -> list[str]:
 class SegmentationDataset(torch.utils.data.Dataset):
     """``(image, mask)`` pairs through a mask-aware albumentations pipeline.
 
-    Each sample's augmentation is seeded from torch's generator, which the trainer reseeds per
-    (seed, epoch, rank) and DataLoader per loader worker, so a resumed run repeats an epoch's
-    augmentations exactly. One generator is shared by all transforms: albumentations' ``seed=``
-    gives each transform the same seed, and two ``p: 0.5`` flips would then always agree.
+    The pipeline (``build_pipeline``) draws each sample's augmentation from torch's generator,
+    which the trainer seeds per (seed, epoch, image), so a resumed run repeats an epoch's
+    augmentations exactly.
     """
 
     def __init__(self, source, classes: list[str], transform):
@@ -303,8 +301,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.raw(i)
-        seed = int(torch.randint(0, 2**63 - 1, ()))
-        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         out = self.transform(image=image, mask=mask)
         image = torch.from_numpy(np.require(out["image"], requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
         return image, torch.from_numpy(np.require(out["mask"], requirements=["C", "W"])).long()
