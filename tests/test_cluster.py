@@ -195,6 +195,7 @@ def test_a_lost_node_without_restarts_left_is_named_with_the_resume_command(tmp_
     from visionkit.errors import ClusterError
     from visionkit.storage import LocalRun
     from visionkit.train import launch
+    from visionkit.train.layout import resolve
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -206,6 +207,7 @@ def test_a_lost_node_without_restarts_left_is_named_with_the_resume_command(tmp_
     unreachable = WorkerHealthCheckFailedError("A worker health check failed.", ActorUnavailableError("gone", None))
     error = WorkerGroupError("rank 0: gloo reset; rank 1: gone", {0: RuntimeError("Connection reset by peer"), 1: unreachable})
     with pytest.raises(ClusterError) as caught:
-        launch._raise_worker_failure(error, LocalRun(run), Config(task="classification"))
+        cfg = Config(task="classification", ray={"num_workers": 2})
+        launch._raise_worker_failure(error, LocalRun(run), cfg, resolve(cfg.ray, [{"CPU": 1.0}, {"CPU": 1.0}]))
     assert str(caught.value) == (f"lost node bbbbbbbb (10.0.0.2) running rank 1 and ray.max_failures (0) allows no more "
                                  f"restarts; resume with: visionkit train --resume {run}")
