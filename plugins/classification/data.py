@@ -150,6 +150,8 @@ class MnistDataset(torch.utils.data.Dataset):
             mean, std = cfg.mean[0], cfg.std[0]
             self.tensor = (torch.from_numpy(images.copy()).float().div_(255).sub_(mean).div_(std)).unsqueeze(1)
             self.transform = None
+        # No augmentation: the trainer need not seed each sample (visionkit.train.sampling).
+        self.random_samples = self.transform is not None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -90,9 +90,13 @@ class Task:
 
     def train_loader(self, dataset, rank: int, world_size: int) -> torch.utils.data.DataLoader:
         t = self.cfg.train
+        sampler = SeededSampler(dataset, t.seed, rank, world_size)
+        if getattr(dataset, "random_samples", True):
+            dataset = SeededSamples(dataset)
+        else:  # a dataset without augmentation: the per-sample seed would cost more than reading the sample
+            sampler = sampler.inner
         return torch.utils.data.DataLoader(
-            SeededSamples(dataset), batch_size=t.batch_size,
-            sampler=SeededSampler(dataset, t.seed, rank, world_size), num_workers=t.loader_workers,
+            dataset, batch_size=t.batch_size, sampler=sampler, num_workers=t.loader_workers,
             collate_fn=self.plugin.collate, drop_last=False,
             persistent_workers=t.loader_workers > 0, pin_memory=torch.cuda.is_available())
 

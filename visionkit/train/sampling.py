@@ -7,6 +7,8 @@ image's augmentation depends on nothing but the seed, the epoch and the image: n
 loader workers (persistent or not), not on the rank, not on which epoch a run was resumed at.
 Plugins draw any randomness of their own from torch's generator too (NumPy's and Python's
 global generators are not reseeded: saving NumPy's state alone costs 0.2 ms a sample).
+A dataset with no randomness in its samples may say so (``random_samples = False``): it is then
+read directly, without the wrapper (3 us a sample, which is 7% of an MNIST MLP's step).
 The shuffle is a ``DistributedSampler`` seeded from ``train.seed`` on every layout (one worker
 included), so a resume replays the order too.
 """
