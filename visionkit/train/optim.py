@@ -49,6 +49,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
             regrouped.append({**groups[0], "params": ids[start:start + len(g["params"])]})
             start += len(g["params"])
         state = {**state, "param_groups": regrouped}
+    # The kernel choice (fused, foreach) is today's, not the saved one's: loading places the step
+    # counters where that kernel wants them.
+    kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in ours]
+    state = {**state, "param_groups": [{**g, **k} for g, k in zip(state["param_groups"], kernels)]}
     optimizer.load_state_dict(state)
     for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
         group["lr"], group["weight_decay"] = cfg.lr, decay
