@@ -338,7 +338,8 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
         cfg.output.storage_path, cfg.output.name = run.storage_path, run.name
         if run.remote:
             cfg.output.s3_endpoint = run.s3_endpoint
-    plugin = _plugin_for(cfg, source)
+    if resumed is None or cfg.task != plugin.name:  # loaded once; a changed task is refused by check_resume
+        plugin = _plugin_for(cfg, source)
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
     _check_devices(cfg, source)
     resolved = resolved_dict(cfg, sections)
@@ -424,7 +425,6 @@ def evaluate(target: str, overrides: list[str], workers: int = 0, output: Option
     raw = apply_overrides(checkpoint.upgraded_config(ckpt, plugin), overrides)
     raw.setdefault("ray", {})["num_workers"] = workers
     cfg = validate_section(Config, raw, source)
-    plugin = _plugin_for(cfg, source)
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
     val = plugin.build_dataset(sections.data, "val")
     checkpoint.check_classes(ckpt, val.classes, f"the validation data ({getattr(sections.data, 'root', '')})")
