@@ -1,0 +1,73 @@
+"""Image classification: ImageFolder or MNIST IDX data, torchvision models or an MLP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from visionkit.plugin import ExportOptions, ExportPlan, LossOutput, Section, TaskPlugin
+
+from . import export as _export
+from .data import DataConfig, build_dataset
+from .metric import ClassificationMetric
+from .models import ModelConfig, build_model
+from .visuals import plot_confusion
+
+
+class LossConfig(Section):
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class ClassificationPlugin(TaskPlugin):
+    name = "classification"
+    summary = "image classification (ImageFolder, MNIST IDX; torchvision models, MLP)"
+    DataConfig = DataConfig
+    ModelConfig = ModelConfig
+    LossConfig = LossConfig
+    MetricClass = ClassificationMetric
+
+    def build_dataset(self, data: DataConfig, split: str):
+        return build_dataset(data, split)
+
+    def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig) -> torch.nn.Module:
+        return build_model(model, len(classes), data.channels, data.model_input_size())
+
+    def build_loss(self, loss: LossConfig, classes: list[str]):
+        criterion = torch.nn.CrossEntropyLoss(label_smoothing=loss.label_smoothing)
+
+        def compute(model: torch.nn.Module, batch: Any) -> LossOutput:
+            images, labels = batch
+            return LossOutput(criterion(model(images), labels), {})
+
+        return compute
+
+    def predict(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        return model(batch[0])
+
+    def build_metric(self, classes: list[str]) -> ClassificationMetric:
+        return ClassificationMetric(len(classes))
+
+    def write_visuals(self, result: dict[str, Any], classes: list[str], out_dir: Path) -> list[Path]:
+        return [plot_confusion(result["confusion_matrix"], classes, Path(out_dir) / "confusion_matrix.png")]
+
+    # --- ONNX export (see export.py) --------------------------------------------------------
+    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
+        return _export.export_plan(model, classes, sections, options)
+
+    def export_source(self, dataset: Any, index: int) -> Any:
+        return _export.export_source(dataset, index)
+
+    def export_input(self, dataset: Any, data: DataConfig, index: int) -> torch.Tensor:
+        return _export.export_input(dataset, data, index)
+
+    def export_reference(self, model: torch.nn.Module, dataset: Any, indices) -> list[dict[str, Any]]:
+        return _export.export_reference(model, dataset, indices)
+
+    def compare_exported(self, reference, exported, precision: str, plan: ExportPlan) -> dict[str, Any]:
+        return _export.compare_exported(reference, exported, precision)
+
+    def runtime_metric_inputs(self, dataset: Any, indices, results):
+        return _export.runtime_metric_inputs(dataset, indices, results)

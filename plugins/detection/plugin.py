@@ -1,0 +1,125 @@
+"""Object detection: COCO JSON data, torchvision detectors (+ ``fcos_light``), COCO box mAP.
+
+Registered as the ``detection`` task through the ``visionkit.tasks`` entry point. A batch is
+``(images, targets)``: two lists, since images may differ in size and boxes in count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionkit.errors import ConfigError
+from visionkit.plugin import ExportOptions, ExportPlan, LossOutput, Metric, TaskPlugin
+
+from . import data as _data
+from . import models as _models
+from .config import DataConfig, LossConfig, ModelConfig
+from .metric import DetectionMetric
+
+
+def _export():
+    """export.py imports torchvision's detection internals: only when exporting."""
+    from . import export
+
+    return export
+
+
+class DetectionLoss:
+    """The detector's own loss dict (train-mode forward), summed with per-part weights.
+
+    Every part is returned unweighted for logging; ``total`` is the weighted sum.
+    """
+
+    def __init__(self, weights: dict[str, float]):
+        self.weights = dict(weights)
+        self._checked = False
+
+    def __call__(self, model: torch.nn.Module, batch: Any) -> LossOutput:
+        images, targets = batch
+        parts = model(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        if not isinstance(parts, dict):
+            raise RuntimeError("detection loss needs the model in train mode (torchvision detectors return "
+                               "losses only when training)")
+        if not self._checked:
+            unknown = sorted(set(self.weights) - set(parts))
+            if unknown:
+                raise ConfigError(f"loss.weights: {unknown[0]!r} is not a loss part of this model; "
+                                  f"its parts: {', '.join(parts)}")
+            self._checked = True
+        total = sum(self.weights.get(name, 1.0) * value for name, value in parts.items())
+        return LossOutput(total, parts)
+
+
+class DetectionPlugin(TaskPlugin):
+    name = "detection"
+    summary = "object detection: COCO JSON, torchvision detectors or fcos_light, COCO box mAP"
+    DataConfig = DataConfig
+    ModelConfig = ModelConfig
+    LossConfig = LossConfig
+    MetricClass = DetectionMetric
+
+    def build_dataset(self, data: DataConfig, split: str) -> _data.DetectionDataset:
+        return _data.build_dataset(data, split)
+
+    def collate(self, samples: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        return _data.collate(samples)
+
+    def batch_size_of(self, batch: Any) -> int:
+        return len(batch[0])
+
+    def eval_size_key(self, dataset: Any, index: int) -> Any:
+        """The image's size: torchvision detectors pad a batch to its largest image, which changes
+        the features (and so the detections) of the smaller ones."""
+        return _data.eval_size_key(dataset, index)
+
+    def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig | None = None) -> torch.nn.Module:
+        """``data`` is unused: detectors resize inputs themselves (model.min_size/max_size)."""
+        return _models.build(model, num_classes=len(classes) + 1)  # + background
+
+    def build_loss(self, loss: LossConfig, classes: list[str]) -> DetectionLoss:
+        return DetectionLoss(loss.weights)
+
+    def predict(self, model: torch.nn.Module, batch: Any) -> list[dict[str, torch.Tensor]]:
+        """Detections with boxes in the original image's pixels (undoing any val resize)."""
+        images, targets = batch
+        outputs = model(images)
+        for out, image, target in zip(outputs, images, targets):
+            height, width = image.shape[-2:]
+            orig_h, orig_w = target.get("orig_size", (height, width))
+            if (orig_h, orig_w) != (height, width):
+                scale = torch.tensor([orig_w / width, orig_h / height] * 2, device=out["boxes"].device)
+                out["boxes"] = out["boxes"] * scale
+        return outputs
+
+    def build_metric(self, classes: list[str]) -> Metric:
+        return DetectionMetric(classes)
+
+    def write_visuals(self, result: dict[str, Any], classes: list[str], out_dir: Path) -> list[Path]:
+        from .visuals import write_visuals
+
+        return write_visuals(result, classes, out_dir)
+
+    # --- ONNX export (see export.py): NMS inside the graph --------------------------------
+    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
+        from .coco import read_categories_only
+
+        category_ids, _ = read_categories_only(sections.data.root / sections.data.train_annotations)
+        return _export().export_plan(model, classes, sections, options, category_ids)
+
+    def export_source(self, dataset: Any, index: int) -> Any:
+        return _export().export_source(dataset, index)
+
+    def export_reference(self, model: torch.nn.Module, dataset: Any, indices) -> list[dict[str, Any]]:
+        return _export().export_reference(model, dataset, indices)
+
+    def compare_exported(self, reference, exported, precision: str, plan: ExportPlan) -> dict[str, Any]:
+        return _export().compare_exported(reference, exported, precision, plan.postprocess["score_thresh"])
+
+    def runtime_metric_inputs(self, dataset: Any, indices, results):
+        return _export().runtime_metric_inputs(dataset, indices, results)
+
+
+__all__ = ["DetectionPlugin", "DataConfig", "ModelConfig", "LossConfig", "DetectionMetric"]

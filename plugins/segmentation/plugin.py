@@ -1,0 +1,80 @@
+"""Semantic segmentation: a class per pixel, scored by mIoU.
+
+Data from mask PNG folders (VOC layout included) or COCO instances JSON; torchvision's
+DeepLabV3 / FCN / LR-ASPP or a compact U-Net; cross-entropy (+ auxiliary head, + Dice);
+a confusion-matrix metric that is exact across any number of workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionkit.plugin import ExportOptions, ExportPlan, TaskPlugin
+
+from . import export as _export
+from .data import DataConfig, SegmentationDataset, build_dataset, collate, eval_size_key
+from .loss import LossConfig, build_loss
+from .metric import SegmentationMetric, predicted_classes
+from .models import ModelConfig, build_model
+
+
+class SegmentationPlugin(TaskPlugin):
+    name = "segmentation"
+    summary = "semantic segmentation (mask PNGs, VOC or COCO JSON; DeepLabV3/FCN/LR-ASPP/U-Net; mIoU)"
+    DataConfig = DataConfig
+    ModelConfig = ModelConfig
+    LossConfig = LossConfig
+    MetricClass = SegmentationMetric
+
+    def build_dataset(self, data: DataConfig, split: str) -> SegmentationDataset:
+        return build_dataset(data, split)
+
+    def collate(self, samples: list) -> Any:
+        return collate(samples)
+
+    def eval_size_key(self, dataset: SegmentationDataset, index: int) -> Any:
+        """The image's stored size (header only): a zero-padded batch would change the logits near
+        the padding, and global context (DeepLabV3's image pooling) everywhere."""
+        return eval_size_key(dataset, index)
+
+    def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig | None = None) -> torch.nn.Module:
+        """Fully convolutional: any input size, so the data section changes nothing here."""
+        return build_model(model, len(classes))
+
+    def build_loss(self, loss: LossConfig, classes: list[str]):
+        return build_loss(loss, classes)
+
+    def predict(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """Class per pixel (BxHxW, uint8); the caller has put the model in eval mode."""
+        images, _ = batch
+        with torch.no_grad():
+            return predicted_classes(model(images)["out"])
+
+    def build_metric(self, classes: list[str]) -> SegmentationMetric:
+        return SegmentationMetric(classes)
+
+    def write_visuals(self, result: dict[str, Any], classes: list[str], out_dir: Path) -> list[Path]:
+        from .visuals import write_visuals
+
+        return write_visuals(result, classes, out_dir)
+
+    # --- ONNX export (see export.py) --------------------------------------------------------
+    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
+        return _export.export_plan(model, classes, sections, options)
+
+    def export_source(self, dataset: SegmentationDataset, index: int) -> Any:
+        return _export.export_source(dataset, index)
+
+    def export_reference(self, model: torch.nn.Module, dataset: SegmentationDataset, indices) -> list[dict[str, Any]]:
+        return _export.export_reference(model, dataset, indices)
+
+    def compare_exported(self, reference, exported, precision: str, plan: ExportPlan) -> dict[str, Any]:
+        return _export.compare_exported(reference, exported, precision)
+
+    def runtime_metric_inputs(self, dataset: SegmentationDataset, indices, results):
+        return _export.runtime_metric_inputs(dataset, indices, results, self.collate)
+
+__all__ = ["SegmentationPlugin", "DataConfig", "ModelConfig", "LossConfig"]
