@@ -14,10 +14,13 @@ import abc
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Optional, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from .report import ReportSection, RunView
 
 
 class Section(BaseModel):
@@ -161,6 +164,19 @@ class TaskPlugin(abc.ABC):
     def write_visuals(self, result: dict[str, Any], classes: list[str], out_dir: Path) -> list[Path]:
         """Task-specific plots from an evaluation (confusion matrix, PR curve...)."""
         return []
+
+    def report_sections(self, run: "RunView") -> list["ReportSection"]:
+        """This task's part of the run's ``report.html``, between the curves and the config.
+
+        ``run`` (:class:`visionkit.report.RunView`) reads the run: ``run.best`` (the best epoch's
+        :meth:`Metric.compute` result), ``run.classes``, and ``run.predictions(limit)``: the best
+        checkpoint on up to ``limit`` validation images, in this process, for per-image views.
+        Build each section's HTML with :mod:`visionkit.report.blocks` (inline images, tables).
+        The default shows :meth:`write_visuals` of the best epoch as images.
+        """
+        from .report import default_sections
+
+        return default_sections(self, run)
 
     # --- export (ONNX) ------------------------------------------------------------------------
     # ``visionkit export`` calls these; a plugin without them cannot be exported. The graph's
