@@ -53,6 +53,11 @@ class ClassificationPlugin(TaskPlugin):
     def write_visuals(self, result: dict[str, Any], classes: list[str], out_dir: Path) -> list[Path]:
         return [plot_confusion(result["confusion_matrix"], classes, Path(out_dir) / "confusion_matrix.png")]
 
+    def report_sections(self, run) -> list:
+        from .report import report_sections
+
+        return report_sections(run)
+
     # --- ONNX export (see export.py) --------------------------------------------------------
     def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
         return _export.export_plan(model, classes, sections, options)

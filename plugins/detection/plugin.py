@@ -102,6 +102,11 @@ class DetectionPlugin(TaskPlugin):
 
         return write_visuals(result, classes, out_dir)
 
+    def report_sections(self, run) -> list:
+        from .report import report_sections
+
+        return report_sections(run)
+
     # --- ONNX export (see export.py): NMS inside the graph --------------------------------
     def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
         from .coco import read_categories_only

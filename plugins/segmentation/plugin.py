@@ -61,6 +61,11 @@ class SegmentationPlugin(TaskPlugin):
 
         return write_visuals(result, classes, out_dir)
 
+    def report_sections(self, run) -> list:
+        from .report import report_sections
+
+        return report_sections(run)
+
     # --- ONNX export (see export.py) --------------------------------------------------------
     def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
         return _export.export_plan(model, classes, sections, options)
