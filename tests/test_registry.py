@@ -81,11 +81,14 @@ def test_a_runtime_declared_by_two_packages_is_refused_alone(installed):
 
 
 def test_a_runtime_that_shadows_a_built_in_one_is_refused(tmp_path, monkeypatch):
+    """The built-in runtimes are entry points like a third party's: a second declaration of one
+    is refused as any clash is, naming both packages."""
     from visionkit.errors import UserError
     from visionkit.runtime.tasks import task_runtime
 
     fake_distribution(tmp_path, "vk-shadow", "1.0", {"visionkit.runtime": {"segmentation": "vk_shadow:Runtime"}})
     monkeypatch.syspath_prepend(str(tmp_path))
     assert task_runtime("detection").name == "detection"
-    with pytest.raises(UserError, match=r"'segmentation'.*built in.*vk-shadow 1.0 \(vk_shadow:Runtime\)"):
+    with pytest.raises(UserError, match=r"'segmentation'.*visionkit \S+ \(visionkit_plugins\.segmentation\.runtime:SegmentationRuntime\) and "
+                                  r"vk-shadow 1.0 \(vk_shadow:Runtime\)"):
         task_runtime("segmentation")

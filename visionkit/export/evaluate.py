@@ -61,8 +61,8 @@ def evaluate_model(model: Model, plugin, dataset, batch_size: int = 8) -> tuple[
     for start in range(0, len(dataset), chunk):
         indices = list(range(start, min(start + chunk, len(dataset))))
         sources = [plugin.export_source(dataset, i) for i in indices]
-        # graph_size: segmentation maps at the validation transform's size, where the metric scores
-        results = model.predict(sources, batch_size=batch_size, top_k=len(classes), graph_size=True)
+        # the runtime's eval options: e.g. every class's score, masks at the size the metric scores at
+        results = model.predict(sources, batch_size=batch_size, **model.task.eval_options(model.metadata))
         outputs, batch = plugin.runtime_metric_inputs(dataset, indices, results)
         metric.update(outputs, batch)
     metric.merge([metric.state()])  # the contract: compute() follows a merge, as in training's eval

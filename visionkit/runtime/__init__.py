@@ -2,17 +2,20 @@
 image must be resized, exactly as training's albumentations did).
 
 Nothing here imports torch, directly or through another visionkit module, so a deployment (an
-HTTP server, a Ray Serve replica, a container) stays small; a test keeps it that way.
+HTTP server, a Ray Serve replica, a container) stays small; a test keeps it that way. Each
+task's own part (post-processing, drawing, query options, written files) is a
+:class:`TaskRuntime` found through the ``visionkit.runtime`` entry points.
 
     from visionkit.runtime import Model
     model = Model.load("model.onnx")          # metadata: task, classes, pre-processing...
-    results = model.predict(["a.png", rgb_array])
+    results = model.predict(["a.png", rgb_array], top_k=3)
 """
 
 from .metadata import Metadata, ModelError
 from .model import Model, foreign_metadata
-from .preprocess import IMAGE_SUFFIXES, list_images
-from .tasks import TaskRuntime, mask_png, to_json
+from .options import Option, OptionError
+from .preprocess import IMAGE_SUFFIXES, Prepared, list_images
+from .tasks import PredictionWriter, TaskRuntime, mask_png
 
-__all__ = ["Model", "Metadata", "ModelError", "TaskRuntime", "foreign_metadata", "list_images", "mask_png",
-           "to_json", "IMAGE_SUFFIXES"]
+__all__ = ["Model", "Metadata", "ModelError", "Option", "OptionError", "PredictionWriter", "Prepared", "TaskRuntime",
+           "foreign_metadata", "list_images", "mask_png", "IMAGE_SUFFIXES"]

@@ -18,7 +18,6 @@ from ..errors import UserError
 PREFIX = "visionkit."
 #: bumped when a key's meaning changes; a newer file is refused rather than misread
 FORMAT = 1
-TASKS = ("classification", "detection", "segmentation")
 
 
 class ModelError(UserError):
@@ -41,7 +40,8 @@ class Metadata:
     #: {"mean": [...], "std": [...], "in_graph": bool}; in_graph False: the runtime applies it
     normalization: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
-    #: task-specific (detection thresholds, segmentation ignore value...)
+    #: task-specific, written by the plugin's exporter and read by its runtime (detection
+    #: thresholds, segmentation ignore value...)
     postprocess: dict[str, Any] = field(default_factory=dict)
     #: detection: COCO category id of each class, for COCO-format results
     category_ids: Optional[list[int]] = None

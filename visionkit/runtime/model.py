@@ -8,7 +8,8 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import DataError
-from .metadata import TASKS, Metadata, ModelError
+from .metadata import Metadata, ModelError
+from .options import Option, OptionError, check_declared, resolve
 from .preprocess import ImageInput, Prepared, decode, describe, prepare
 from .tasks import TaskRuntime, task_runtime
 
@@ -43,23 +44,21 @@ def foreign_metadata(task: str, classes: list[str], input_size: Optional[Sequenc
                      channels: int = 3) -> Metadata:
     """Metadata given by hand for a model that was not exported by visionkit.
 
-    Such a graph is assumed to take normalised float32 NCHW input and to answer class scores
-    (logits or probabilities: a softmax is applied) or per-pixel logits; detectors' outputs have
-    no standard layout, so they must come from ``visionkit export``.
+    Such a graph is assumed to take normalised float32 NCHW input; what its outputs mean is the
+    task runtime's business (:meth:`TaskRuntime.foreign`: classification applies a softmax to
+    class scores, segmentation takes class maps or per-pixel scores; a detector's outputs have no
+    standard layout, so it is refused).
     """
-    if task not in ("classification", "segmentation"):
-        raise ModelError(f"--task {task}: only classification and segmentation models without visionkit metadata "
-                         "can be run (a detector's outputs have no standard layout; export it with visionkit)")
     mean = list(mean) if mean is not None else ([0.485, 0.456, 0.406] if channels == 3 else [0.5])
     std = list(std) if std is not None else ([0.229, 0.224, 0.225] if channels == 3 else [0.5])
     steps = []
     if input_size:
         h, w = (int(input_size[0]), int(input_size[-1]))
         steps = [{"op": "resize", "height": h, "width": w, "interpolation": 1}]
-    return Metadata(task=task, classes=list(classes), channels=channels,
+    meta = Metadata(task=task, classes=list(classes), channels=channels,
                     input_size=[steps[0]["height"], steps[0]["width"]] if steps else None, preprocess=steps,
-                    normalization={"mean": mean, "std": std, "in_graph": False},
-                    postprocess={"softmax": True} if task == "classification" else {})
+                    normalization={"mean": mean, "std": std, "in_graph": False})
+    return task_runtime(task).foreign(meta)
 
 
 class Model:
@@ -87,9 +86,11 @@ class Model:
         if isinstance(shape[1], int) and shape[1] != metadata.channels:
             raise ModelError(f"{path}: the graph takes {shape[1]} channels but its metadata says {metadata.channels}")
         missing = [n for n in self.task.outputs if n not in self.output_names]
-        if missing and metadata.task in TASKS and metadata.normalization.get("in_graph", True):
+        if missing and metadata.normalization.get("in_graph", True):  # foreign graphs name outputs freely
             raise ModelError(f"{path}: the graph has no output {missing[0]!r} that a {metadata.task} model needs "
                              f"(it has {', '.join(self.output_names)})")
+        #: the query options of this model's task, with their ranges for this model
+        self.options: list[Option] = check_declared(self.task.options(metadata), metadata.task)
 
     @classmethod
     def load(cls, path: Union[str, Path], providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
@@ -155,15 +156,28 @@ class Model:
                 per_image[i] = {name: value[k] for name, value in outputs.items()}
         return per_image
 
+    def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Every option of this model's task: the given value (checked) or its default. An option
+        the task does not declare is a one-line error naming the accepted ones."""
+        try:
+            return resolve(self.options, options, self.metadata.task)
+        except OptionError as exc:
+            raise OptionError(f"{self.path}: {exc}") from None
+
+    def postprocess(self, outputs: Sequence[dict[str, np.ndarray]], prepared: Sequence[Prepared],
+                    options: dict[str, Any]) -> list[dict[str, Any]]:
+        """The task runtime's results; ``options`` as :meth:`resolve` gives them."""
+        return [self.task.postprocess(out, item, self.metadata, options) for out, item in zip(outputs, prepared)]
+
     def predict(self, images: Sequence[ImageInput], batch_size: int = 8, **options: Any) -> list[dict[str, Any]]:
-        """One result per image, as ``visionkit predict`` writes them. Options: ``top_k``
-        (classification), ``score_thresh`` (detection: drop boxes below it)."""
+        """One result per image, as ``visionkit predict`` writes them. ``options``: the task's
+        own (:attr:`options`; e.g. ``top_k`` for classification, ``score_thresh`` for detection)."""
+        resolved = self.resolve(options)
         single = isinstance(images, (str, Path, bytes)) or hasattr(images, "convert")
         if single or (isinstance(images, np.ndarray) and images.ndim != 4):
             images = [images]
         prepared = self.preprocess(list(images))
-        outputs = self.outputs_per_image(prepared, batch_size)
-        return [self.task.postprocess(out, item, self.metadata, options) for out, item in zip(outputs, prepared)]
+        return self.postprocess(self.outputs_per_image(prepared, batch_size), prepared, resolved)
 
     def draw(self, image: ImageInput, result: dict[str, Any], **options: Any):
-        return self.task.draw(decode(image), result, self.metadata, options)
+        return self.task.draw(decode(image), result, self.metadata, self.resolve(options))

@@ -1,14 +1,12 @@
-"""What ``visionkit predict`` writes: JSON results, mask PNGs, drawn images."""
+"""What ``visionkit predict`` writes: the task runtime's files (its :class:`PredictionWriter`),
+and drawn images."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
-from ..fileio import atomic_write_text
 from .model import Model
-from .tasks import mask_png, to_json
 
 CHUNK = 64  # images per predict() call: bounded memory on large folders
 
@@ -29,47 +27,23 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
 
 def write_predictions(model: Model, images: Sequence[Path], out_dir: Path, draw: bool = False,
                       batch_size: int = 8, **options: Any) -> dict[str, Any]:
-    """Runs ``model`` over ``images`` and writes ``out_dir/predictions.json`` (+ masks/, drawn/).
-
-    classification: one record per image with the top-k classes; detection: COCO results
-    (``image_id``, ``category_id``, ``bbox`` [x, y, w, h], ``score``) with ``images.json``
-    naming each image id's file; segmentation: ``masks/<name>.png`` (palette PNG, pixel value =
-    class index) and a record per image.
-    """
+    """Runs ``model`` over ``images`` and writes into ``out_dir`` what its task's runtime writes
+    (:meth:`TaskRuntime.writer`; by default ``predictions.json``), plus ``drawn/`` with ``draw``.
+    ``options``: the task's own, checked before any image is read."""
     out_dir = Path(out_dir)
-    task = model.metadata.task
+    resolved = model.resolve(options)
     stems = _unique_stems(images)
-    records: list[dict[str, Any]] = []
-    coco_images: list[dict[str, Any]] = []
+    writer = model.task.writer(model.metadata, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(images), CHUNK):
         chunk = list(images[start:start + CHUNK])
-        results = model.predict(chunk, batch_size=batch_size, **options)
-        for k, (path, result) in enumerate(zip(chunk, results)):
-            n = start + k
-            mask_path: Optional[str] = None
-            if "mask" in result:
-                target = out_dir / "masks" / f"{stems[n]}.png"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(mask_png(result["mask"]))
-                mask_path = str(target.relative_to(out_dir))
+        prepared = model.preprocess(chunk)
+        results = model.postprocess(model.outputs_per_image(prepared, batch_size), prepared, resolved)
+        for k, (path, item, result) in enumerate(zip(chunk, prepared, results)):
+            writer.add(start + k, path, stems[start + k], result)
             if draw:
-                target = out_dir / "drawn" / f"{stems[n]}.png"
+                target = out_dir / "drawn" / f"{stems[start + k]}.png"
                 target.parent.mkdir(parents=True, exist_ok=True)
-                model.draw(path, result, **options).save(target)
-            if task == "detection":
-                coco_images.append({"id": n + 1, "file_name": str(path), "width": result["width"],
-                                    "height": result["height"]})
-                records += [{"image_id": n + 1, "category_id": d["category_id"], "bbox": [round(v, 3) for v in d["bbox"]],
-                             "score": round(d["score"], 5), "class": d["class"]} for d in result["detections"]]
-            else:
-                records.append(to_json(result, mask_path))
-    atomic_write_text(out_dir / "predictions.json", json.dumps(records, indent=1))
-    written = ["predictions.json"]
-    if task == "detection":
-        atomic_write_text(out_dir / "images.json", json.dumps(coco_images, indent=1))
-        written.append("images.json")
-    if task == "segmentation":
-        written.append("masks/")
-    if draw:
-        written.append("drawn/")
-    return {"images": len(images), "records": len(records), "written": written}
+                model.task.draw(item.original, result, model.metadata, resolved).save(target)
+    written = writer.close()
+    return {"images": len(images), "records": len(writer.records), "written": written + (["drawn/"] if draw else [])}

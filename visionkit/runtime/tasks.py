@@ -1,52 +1,160 @@
-"""Per-task post-processing and drawing of graph outputs, with numpy and Pillow only.
+"""The task runtime contract: a task's graph outputs -> results, drawings and written files.
 
-The built-in tasks are here; a third-party task plugin adds its own torch-free module through
-the ``visionkit.runtime`` entry-point group (``mytask = "my_package.runtime:MyTaskRuntime"``),
-so that its exported models run in the same runtime.
+Every task's runtime, the built-in ones included, lives next to its plugin in a torch-free
+module (numpy and Pillow) and is found through the ``visionkit.runtime`` entry-point group
+(``mytask = "my_package.runtime:MyTaskRuntime"``). The core calls the methods below and
+nothing else, so a third-party task's exported models predict and serve like the built-ins,
+with their own query options (:class:`~visionkit.runtime.options.Option`).
 
-A result is a dict that ``json.dumps`` accepts, except segmentation's ``mask`` (a uint8 numpy
-array): see :func:`visionkit.runtime.to_json`.
+Shared drawing and mask helpers (palette, font, label, nearest, mask_png) are here for them.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from ..errors import UserError
 from .metadata import Metadata, ModelError
+from .options import Option
 from .preprocess import Prepared
+
+ENTRY_POINT_GROUP = "visionkit.runtime"
 
 
 class TaskRuntime:
-    """One task's outputs -> results, and results -> a picture."""
+    """One task's inference side. Subclass it, set ``name`` (the ``task`` the exported model's
+    metadata records) and implement :meth:`postprocess`; the rest has defaults."""
 
     name: ClassVar[str]
-    #: graph outputs this task needs, by name
+    #: graph outputs a visionkit-exported model of this task must have, by name (checked at load)
     outputs: ClassVar[tuple[str, ...]] = ()
+
+    def options(self, meta: Metadata) -> Sequence[Option]:
+        """The query options this task takes (predict flags, serve query parameters). ``meta``
+        is the model's, so ranges may depend on it (top_k: 1 to the number of classes)."""
+        return ()
+
+    def eval_options(self, meta: Metadata) -> dict[str, Any]:
+        """Options ``visionkit eval model.onnx`` predicts with, so the plugin's metric sees what it
+        needs (every class's score, masks at the graph's size); declared ones only."""
+        return {}
 
     def postprocess(self, outputs: dict[str, np.ndarray], image: Prepared, meta: Metadata,
                     options: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """One image's result. ``outputs``: the graph's outputs by name, this image's slice
+        (batch axis removed); ``image``: its :class:`~visionkit.runtime.preprocess.Prepared`
+        (``name``, ``orig_size`` (h, w) before the recorded resize, ``size`` after it);
+        ``options``: every declared option's value. Return a dict with ``"file": image.name``
+        that :meth:`to_json` makes JSON-able."""
+        raise NotImplementedError(f"runtime of task {self.name!r} has no postprocess()")
 
     def draw(self, image: np.ndarray, result: dict[str, Any], meta: Metadata, options: dict[str, Any]):
-        """A PIL image showing ``result`` on ``image`` (HxWx3 uint8)."""
-        raise NotImplementedError
+        """A PIL image showing ``result`` on ``image`` (HxWx3 uint8, the original), for ``--draw``."""
+        raise ModelError(f"the {self.name} runtime draws nothing; leave out --draw")
+
+    def to_json(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` as ``serve`` answers it: only JSON types (e.g. a mask as base64 PNG)."""
+        return dict(result)
+
+    def writer(self, meta: Metadata, out_dir: Path) -> "PredictionWriter":
+        """What ``visionkit predict`` writes into ``out_dir``; the default: ``predictions.json``,
+        one :meth:`to_json` record per image."""
+        return PredictionWriter(self, meta, out_dir)
+
+    def foreign(self, meta: Metadata) -> Metadata:
+        """``meta`` (from ``predict --task``) completed for a graph that visionkit did not export,
+        or a ModelError when this task's graphs have no standard layout."""
+        raise ModelError(f"--task {self.name}: its runtime needs a model exported by visionkit (with metadata)")
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+class PredictionWriter:
+    """Collects one ``visionkit predict`` run's results and writes its files.
+
+    :meth:`add` is called once per image, in order; :meth:`close` writes and returns what it
+    wrote, for the summary line. A task writing other files (COCO results, mask PNGs) returns a
+    subclass from :meth:`TaskRuntime.writer`.
+    """
+
+    def __init__(self, runtime: TaskRuntime, meta: Metadata, out_dir: Path):
+        self.runtime, self.meta, self.out_dir = runtime, meta, Path(out_dir)
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, index: int, path: Path, stem: str, result: dict[str, Any]) -> None:
+        """Image ``index`` (0-based) read from ``path``; ``stem``: a file name unique in this run."""
+        self.records.append(self.runtime.to_json(result))
+
+    def write_json(self, name: str, value: Any) -> str:
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(self.out_dir / name, json.dumps(value, indent=1))
+        return name
+
+    def close(self) -> list[str]:
+        return [self.write_json("predictions.json", self.records)]
+
+
+# --- the registry ---------------------------------------------------------------------------------
+def task_runtime(name: str) -> TaskRuntime:
+    """The runtime of task ``name``, from the one package declaring it in the
+    ``visionkit.runtime`` group (visionkit declares its three there too). A name declared by two
+    packages is refused, not resolved by sys.path order; other names are unaffected."""
+    from importlib import metadata
+
+    # by target: the same target declared twice (one package seen twice on sys.path) is one
+    eps = {ep.value: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)}
+    if len(eps) > 1:
+        declared = [f"{ep.dist.name} {ep.dist.version} ({target})" if ep.dist else f"unknown distribution ({target})"
+                    for target, ep in sorted(eps.items())]
+        raise UserError(f"runtime for task {name!r} is declared more than once: {' and '.join(declared)}; "
+                        "uninstall one of the packages (the other tasks are unaffected)")
+    if not eps:
+        known = sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+        raise ModelError(f"no runtime for task {name!r}: installed are {', '.join(known) or 'none'}; a plugin "
+                         f"adds one through the {ENTRY_POINT_GROUP!r} entry-point group")
+    [(target, ep)] = eps.items()
+    try:
+        obj = ep.load()
+        runtime = obj() if isinstance(obj, type) else obj
+    except Exception as exc:
+        raise UserError(f"runtime for task {name!r} ({target}) failed to load: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(runtime, TaskRuntime):
+        raise UserError(f"runtime for task {name!r} ({target}) is a {type(runtime).__name__}, expected a "
+                        "visionkit.runtime.TaskRuntime subclass")
+    return runtime
+
+
+# --- helpers shared by the runtimes -----------------------------------------------------------
+def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _font(size: int):
+def font(size: int):
     from PIL import ImageFont
 
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one fixed-size font
         return ImageFont.load_default()
+
+
+def label(image: np.ndarray, text: str):
+    """A PIL image of ``image`` with ``text`` in a box at its top left; tiny images (32 px) are
+    enlarged first, so the text stays readable."""
+    from PIL import Image, ImageDraw
+
+    scale = max(1, 256 // max(image.shape[:2]))
+    pil = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
+    face = font(max(10, pil.height // 14))
+    draw = ImageDraw.Draw(pil)
+    box = draw.textbbox((4, 4), text, font=face)
+    draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
+    draw.text((4, 4), text, fill=(255, 255, 255), font=face)
+    return pil
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -64,169 +172,11 @@ def palette(num_classes: int) -> np.ndarray:
     return colours[: max(num_classes, 1)]
 
 
-class Classification(TaskRuntime):
-    name = "classification"
-    outputs = ("probabilities",)
-
-    def postprocess(self, outputs, image, meta, options):
-        scores = outputs[meta.outputs[0] if meta.outputs else "probabilities"].astype(np.float64).reshape(-1)
-        if len(scores) != len(meta.classes):
-            raise ModelError(f"the model gives {len(scores)} scores per image but its metadata names "
-                             f"{len(meta.classes)} classes")
-        if meta.postprocess.get("softmax"):
-            scores = _softmax(scores)
-        k = max(1, min(int(options.get("top_k") or 5), len(scores)))
-        order = np.argsort(-scores, kind="stable")[:k]
-        top = [{"class": meta.classes[i], "index": int(i), "probability": float(scores[i])} for i in order]
-        return {"file": image.name, "class": top[0]["class"], "index": top[0]["index"],
-                "probability": top[0]["probability"], "top_k": top}
-
-    def draw(self, image, result, meta, options):
-        from PIL import Image, ImageDraw
-
-        scale = max(1, 256 // max(image.shape[:2]))  # tiny images (32 px) are enlarged to be readable
-        pil = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
-        font = _font(max(10, pil.height // 14))
-        text = f"{result['class']} {result['probability']:.2f}"
-        draw = ImageDraw.Draw(pil)
-        box = draw.textbbox((4, 4), text, font=font)
-        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
-        draw.text((4, 4), text, fill=(255, 255, 255), font=font)
-        return pil
-
-
-class Detection(TaskRuntime):
-    """Boxes after NMS come out of the graph; here they are mapped back to the original image."""
-
-    name = "detection"
-    outputs = ("boxes", "scores", "labels", "num_detections")
-
-    def postprocess(self, outputs, image, meta, options):
-        n = int(outputs["num_detections"].reshape(-1)[0])
-        boxes = outputs["boxes"].reshape(-1, 4)[:n].astype(np.float64)
-        scores = outputs["scores"].reshape(-1)[:n].astype(np.float64)
-        labels = outputs["labels"].reshape(-1)[:n].astype(np.int64)
-        (h0, w0), (h1, w1) = image.orig_size, image.size
-        if (h0, w0) != (h1, w1):  # undo the runtime's resize, as the plugin's predict() does
-            boxes = boxes * np.array([w0 / w1, h0 / h1, w0 / w1, h0 / h1])
-        keep = scores >= float(options.get("score_thresh") or 0.0)
-        cats = meta.category_ids or list(range(1, len(meta.classes) + 1))
-        dets = []
-        for (x0, y0, x1, y1), score, label in zip(boxes[keep].tolist(), scores[keep].tolist(), labels[keep].tolist()):
-            dets.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "score": score, "label": label,
-                         "class": meta.classes[label], "category_id": int(cats[label])})
-        return {"file": image.name, "width": w0, "height": h0, "detections": dets}
-
-    def draw(self, image, result, meta, options):
-        from PIL import Image, ImageDraw
-
-        scale = max(1, 384 // max(image.shape[:2]))
-        pil = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.BILINEAR)
-        draw = ImageDraw.Draw(pil)
-        font = _font(max(10, 11 * scale // 2))
-        colours = palette(len(meta.classes) + 1)[1:]
-        thresh = float(options.get("draw_thresh", 0.3))
-        for det in sorted(result["detections"], key=lambda d: d["score"]):
-            if det["score"] < thresh:
-                continue
-            x, y, w, h = (v * scale for v in det["bbox"])
-            colour = tuple(int(c) for c in colours[det["label"] % len(colours)])
-            draw.rectangle((x, y, x + w, y + h), outline=colour, width=max(1, scale))
-            text = f"{det['class']} {det['score']:.2f}"
-            box = draw.textbbox((x, y), text, font=font)
-            draw.rectangle((box[0], box[1] - (box[3] - box[1]) - 2, box[2] + 2, box[1]), fill=colour)
-            draw.text((x + 1, y - (box[3] - box[1]) - 2), text, fill=(0, 0, 0), font=font)
-        return pil
-
-
-class Segmentation(TaskRuntime):
-    """A class per pixel at the input's resolution; back at the original size if it was resized."""
-
-    name = "segmentation"
-    outputs = ("class_map",)
-
-    def postprocess(self, outputs, image, meta, options):
-        if "class_map" in outputs:
-            classes = outputs["class_map"]
-        else:  # a foreign model's logits, C x H x W
-            classes = outputs[meta.outputs[0]].argmax(axis=0)
-        mask = np.asarray(classes, dtype=np.uint8)
-        if mask.ndim != 2:  # a foreign graph's output
-            raise ModelError(f"segmentation output of shape {mask.shape} per image: expected H x W class indices "
-                             "or C x H x W class scores")
-        h0, w0 = image.orig_size
-        # Back at the original size, unless ``graph_size`` (evaluation: the metric scores at the
-        # validation Resize's size, and resizing there and back is not the identity).
-        if mask.shape != (h0, w0) and not options.get("graph_size"):
-            mask = nearest(mask, (h0, w0))
-        counts = np.bincount(mask.reshape(-1), minlength=len(meta.classes))[: len(meta.classes)]
-        total = max(int(mask.size), 1)
-        fractions = {meta.classes[i]: round(float(c) / total, 6) for i, c in enumerate(counts) if c}
-        return {"file": image.name, "width": w0, "height": h0, "mask": mask,
-                "classes_present": [meta.classes[i] for i, c in enumerate(counts) if c], "pixel_fraction": fractions}
-
-    def draw(self, image, result, meta, options):
-        from PIL import Image
-
-        mask = result["mask"]
-        colours = palette(len(meta.classes))
-        out = image.astype(np.float32).copy()
-        labelled = (mask > 0) & (mask < len(colours))
-        out[labelled] = 0.45 * out[labelled] + 0.55 * colours[mask[labelled]]
-        return Image.fromarray(np.hstack([image, out.clip(0, 255).astype(np.uint8)]))
-
-
-BUILT_IN: dict[str, type[TaskRuntime]] = {t.name: t for t in (Classification, Detection, Segmentation)}
-ENTRY_POINT_GROUP = "visionkit.runtime"
-
-
-def task_runtime(name: str) -> TaskRuntime:
-    """The runtime of task ``name``: built in, or from the one package declaring it in the
-    ``visionkit.runtime`` group. A name declared twice (by two packages, or by a package and the
-    built-ins) is refused, not resolved by sys.path order; other names are unaffected."""
-    from importlib import metadata
-
-    # by target: the same target declared twice loads the same object
-    eps = {ep.value: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)}
-    declared = [f"{ep.dist.name} {ep.dist.version} ({target})" if ep.dist else f"unknown distribution ({target})"
-                for target, ep in sorted(eps.items())]
-    if name in BUILT_IN:
-        declared.insert(0, f"visionkit (built in, {BUILT_IN[name].__module__}:{BUILT_IN[name].__qualname__})")
-    if len(declared) > 1:
-        raise UserError(f"runtime for task {name!r} is declared more than once: {' and '.join(declared)}; "
-                        "uninstall one of the packages (the other tasks are unaffected)")
-    if name in BUILT_IN:
-        return BUILT_IN[name]()
-    for target, ep in eps.items():
-        try:
-            obj = ep.load()
-        except Exception as exc:
-            raise UserError(f"runtime for task {name!r} ({target}) failed to import: {type(exc).__name__}: {exc}") from exc
-        return obj() if isinstance(obj, type) else obj
-    raise ModelError(f"no runtime for task {name!r}: built in are {', '.join(BUILT_IN)}; a plugin adds one "
-                     f"through the {ENTRY_POINT_GROUP!r} entry-point group")
-
-
 def nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a class map, as masks are resized in training."""
     rows = np.minimum((np.arange(shape[0]) * mask.shape[0] / shape[0]).astype(np.int64), mask.shape[0] - 1)
     cols = np.minimum((np.arange(shape[1]) * mask.shape[1] / shape[1]).astype(np.int64), mask.shape[1] - 1)
     return mask[rows[:, None], cols[None, :]]
-
-
-def to_json(result: dict[str, Any], mask_path: Optional[str] = None) -> dict[str, Any]:
-    """A result as ``visionkit predict`` writes it: a segmentation mask becomes its PNG's path
-    (or, without a path, base64 PNG bytes under ``mask_png``, e.g. for an HTTP answer)."""
-    if "mask" not in result:
-        return dict(result)
-    out = {k: v for k, v in result.items() if k != "mask"}
-    if mask_path is not None:
-        out["mask"] = mask_path
-    else:
-        import base64
-
-        out["mask_png"] = base64.b64encode(mask_png(result["mask"])).decode("ascii")
-    return out
 
 
 def mask_png(mask: np.ndarray) -> bytes:

@@ -20,15 +20,12 @@ from dataclasses import asdict
 from typing import Any, Optional, Sequence
 
 from ..errors import UserError
-from ..runtime import Model, to_json
+from ..runtime import Model, OptionError
+from ..runtime.options import names
 from ..runtime.preprocess import Prepared
 from .batcher import MicroBatcher
 from .limits import Limits, PixelGate, RequestError
 from .uploads import Upload, check_request, decode, measure
-
-#: query parameters /predict understands, with their types; anything else is refused (a typo
-#: such as ``topk=3`` would otherwise be silently ignored)
-OPTIONS = {"top_k": int, "score_thresh": float}
 
 
 class InferenceService:
@@ -68,19 +65,23 @@ class InferenceService:
 
     # --- options --------------------------------------------------------------------------------
     def options(self, query: dict[str, str]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        """The query parameters as the task's options (its runtime declares them), every one
+        resolved. Anything else is refused: a typo such as ``topk=3`` would otherwise be ignored."""
+        declared = {o.name: o for o in self.model.options}
+        given: dict[str, Any] = {}
         for key, text in query.items():
-            if key not in OPTIONS:
-                raise RequestError(400, f"unknown query parameter {key!r}; /predict takes {', '.join(OPTIONS)}")
+            if key not in declared:
+                raise RequestError(400, f"unknown query parameter {key!r}; this {self.model.metadata.task} model's "
+                                        f"/predict takes {names(self.model.options)}")
             try:
-                out[key] = OPTIONS[key](text)
-            except ValueError:
-                raise RequestError(400, f"{key}={text!r}: expected {OPTIONS[key].__name__}") from None
-        if "top_k" in out and not 1 <= out["top_k"] <= len(self.model.metadata.classes):
-            raise RequestError(400, f"top_k={out['top_k']}: expected 1 to {len(self.model.metadata.classes)}")
-        if "score_thresh" in out and not 0.0 <= out["score_thresh"] <= 1.0:
-            raise RequestError(400, f"score_thresh={out['score_thresh']}: expected 0 to 1")
-        return out
+                given[key] = declared[key].parse(text)
+            except OptionError as exc:
+                raise RequestError(400, f"{key}={text!r}: {exc}") from None
+        return self.model.resolve(given)
+
+    def describe_options(self) -> dict[str, Any]:
+        """``GET /options``: what a client (or the demo page) may put in /predict's query string."""
+        return {"task": self.model.metadata.task, "options": [o.to_json() for o in self.model.options]}
 
     # --- the work -------------------------------------------------------------------------------
     def _measure(self, uploads: Sequence[Upload]) -> int:
@@ -101,13 +102,13 @@ class InferenceService:
         return self.model.outputs_per_image(prepared, self.max_batch)
 
     def _finish(self, prepared: Sequence[Prepared], outputs: Sequence[dict], options: dict[str, Any]) -> list[dict]:
-        meta = self.model.metadata
-        return [to_json(self.model.task.postprocess(out, item, meta, options)) for out, item in zip(outputs, prepared)]
+        return [self.model.task.to_json(r) for r in self.model.postprocess(outputs, prepared, options)]
 
     async def predict(self, uploads: Sequence[Upload], options: dict[str, Any]) -> list[dict[str, Any]]:
-        """One JSON-able result per upload, as ``visionkit predict`` writes them (a segmentation
-        mask as base64 PNG under ``mask_png``)."""
+        """One JSON-able result per upload (the task runtime's ``to_json``: e.g. a segmentation
+        mask as base64 PNG under ``mask_png``); ``options``: the task's, by name."""
         loop = asyncio.get_running_loop()
+        options = self.model.resolve(options)  # defaults filled in (a no-op for :meth:`options`' answer)
         uploads = list(uploads)
         pixels = await loop.run_in_executor(self.executor, self._measure, uploads)
         async with self.gate.hold(pixels):  # the decoded images live from here to the answer
@@ -132,7 +133,7 @@ class InferenceService:
         server = {"limits": self.limits.to_json(), "max_batch": self.max_batch, "batch_wait_ms": self.batch_wait_ms,
                   "workers": self.workers, "providers": self.model.session.get_providers()}
         return {"model": self.model.path.name, "summary": self.model.metadata.summary(), "metadata": meta,
-                "server": server}
+                "options": self.describe_options()["options"], "server": server}
 
     def stats(self) -> dict[str, Any]:
         out = dict(self.counts, pending=self.pending, pixels_in_flight=self.gate.in_use)
