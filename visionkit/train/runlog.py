@@ -81,25 +81,48 @@ class RunLog:
         atomic_write_text(self.run_dir / "eval_best.json", json.dumps({"epoch": epoch, "primary": primary, **result}))
 
     def plot_curves(self) -> Path:
+        """``plots/curves.png``: the panels of report.html's curves (:func:`visionkit.report.charts.curve_panels`:
+        constants such as ``val/num_images`` left out), on whole-epoch ticks."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
-        keys = sorted({k for r in self.rows for k in r if k.startswith(("train/", "val/"))
-                       and isinstance(r[k], (int, float))})
-        fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 2.8), squeeze=False)
-        for ax, key in zip(axes[0], keys):
-            pts = [(r["epoch"] + 1, r[key]) for r in self.rows if key in r]
-            ax.plot(*zip(*pts), marker="o", ms=3)
-            ax.set_title(key, fontsize=9)
+        from ..report.charts import curve_panels
+
+        panels = curve_panels(self.rows, self._primary())
+        cols = min(4, max(1, len(panels)))
+        rows = max(1, -(-len(panels) // cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+        for ax in axes.flat[len(panels):]:
+            ax.axis("off")
+        if not panels:
+            axes[0][0].text(0.5, 0.5, "curves start at the second epoch", ha="center", va="center", fontsize=9)
+        for ax, panel in zip(axes.flat, panels):
+            for series in panel.series:
+                ax.plot(*zip(*series.points), marker="o", ms=3, label=series.label)
+            if panel.marker is not None:
+                ax.axvline(panel.marker, color="grey", linestyle="--", linewidth=0.8)
+            if len(panel.series) > 1:
+                ax.legend(fontsize=7)
+            ax.set_title(panel.title, fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
         fig.tight_layout()
         out = self.plots / "curves.png"
         fig.savefig(out, dpi=90)
         plt.close(fig)
         return out
+
+    def _primary(self) -> str | None:
+        """The metric that picks best.pt (eval_best.json), drawn first among validation panels."""
+        try:
+            return json.loads((self.run_dir / "eval_best.json").read_text()).get("primary")
+        except (OSError, ValueError):
+            return None
 
     def close(self) -> None:
         self.tb.close()
