@@ -55,6 +55,14 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    overrides = [f"data.root={args.data}"] if args.data else []
+    print(f"[visionkit] report: {write_report(args.run_dir, overrides)}")
+    return 0
+
+
 def _cmd_export(args) -> int:
     from .export.exporter import export
 
@@ -75,10 +83,10 @@ def _parse_classes(text: str) -> list[str]:
     return names
 
 
-def _cmd_predict(args) -> int:
-    """Torch-free: only visionkit.runtime (numpy, onnxruntime, Pillow) is imported here."""
-    from .runtime import Model, foreign_metadata, list_images
-    from .runtime.output import write_predictions
+def _load_predict_model(args):
+    """The model ``predict`` runs (described by --task/--classes... when it carries no metadata).
+    Torch-free: only visionkit.runtime (numpy, onnxruntime, Pillow) is imported here."""
+    from .runtime import Model, foreign_metadata
 
     metadata = None
     if args.task:
@@ -89,14 +97,113 @@ def _cmd_predict(args) -> int:
     elif args.classes or args.input_size or args.mean or args.std:
         raise UserError("predict: --classes/--input-size/--mean/--std describe a model without visionkit metadata; "
                         "give --task too")
-    model = Model.load(args.model, threads=args.threads, metadata=metadata)
+    return Model.load(args.model, threads=args.threads, metadata=metadata)
+
+
+def _cmd_predict(args) -> int:
+    from .runtime import OptionError, list_images
+    from .runtime.output import write_predictions
+
+    model = args.loaded_model if getattr(args, "loaded_model", None) is not None else _load_predict_model(args)
+    options = {}
+    for option in model.options:  # the task's flags, added to the parser from the same declarations
+        value = getattr(args, _option_dest(option), None)
+        if value is None:
+            continue
+        try:
+            options[option.name] = value if option.type is bool else option.parse(value)
+        except OptionError as exc:
+            raise UserError(f"predict: {option.flag} {value}: {exc}") from None
     images = list_images(args.images)
-    options = {"top_k": args.top_k, "score_thresh": args.score_thresh, "draw_thresh": args.draw_thresh}
     summary = write_predictions(model, images, Path(args.output), draw=args.draw, batch_size=args.batch_size,
                                 **options)
     print(f"[visionkit] {model.metadata.task}: {summary['images']} image(s) -> {args.output}/ "
           f"({', '.join(summary['written'])})")
     return 0
+
+
+def _option_dest(option) -> str:
+    return f"task_option_{option.name}"
+
+
+def _predict_arguments(p: argparse.ArgumentParser, lenient: bool = False) -> None:
+    """``predict``'s own arguments; ``lenient``: positionals optional, to read MODEL before the
+    task's flags are known (they come from the model's runtime)."""
+    p.add_argument("model", nargs="?" if lenient else None, help="MODEL.onnx")
+    p.add_argument("images", nargs="*" if lenient else "+", help="image files and/or folders (searched recursively)")
+    p.add_argument("-o", "--output", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--draw", action="store_true", help="also write drawn images to OUTPUT/drawn/")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    g = p.add_argument_group("a model without visionkit metadata")
+    g.add_argument("--task", help="its task, whose runtime must run graphs without metadata (built in: "
+                   "classification, segmentation)")
+    g.add_argument("--classes", help="a file with one class name per line, or names separated by commas")
+    g.add_argument("--input-size", help="resize every image to HxW first, e.g. 224x224")
+    g.add_argument("--mean", type=float, nargs="+", help="normalisation the graph expects (default ImageNet's)")
+    g.add_argument("--std", type=float, nargs="+")
+    g.add_argument("--channels", type=int, choices=[1, 3], default=3)
+
+
+def _task_option_arguments(p: argparse.ArgumentParser, model) -> None:
+    """The model's task options as flags (``top_k`` -> ``--top-k``), parsed as text and checked by
+    the Option itself, so a bad value is one line naming the flag and what it expects."""
+    from .errors import PluginError
+
+    task = model.metadata.task
+    g = p.add_argument_group(f"options of this {task} model (declared by its task runtime)")
+    for option in model.options:
+        shown = "" if option.default is None else f"; default {option.default}"
+        text = f"{option.help} ({option.expected()}{shown})".replace("%", "%%")  # argparse %-formats help
+        kwargs = ({"action": argparse.BooleanOptionalAction} if option.type is bool
+                  else {"metavar": option.type.__name__.upper()})
+        try:
+            g.add_argument(option.flag, dest=_option_dest(option), default=None, help=text, **kwargs)
+        except argparse.ArgumentError:
+            raise PluginError(f"the {task} runtime's option {option.name!r}: {option.flag} is one of predict's own "
+                              "flags; the runtime must name it otherwise") from None
+
+
+class _Unparsable(Exception):
+    pass
+
+
+class _QuietParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _Unparsable(message)
+
+
+def _predict_model_of(argv: list[str]):
+    """For ``predict``: its model, loaded before the full parse, because the flags it takes come
+    from the model's task runtime; None for other commands, or when no model is named yet (the
+    full parse then reports what is missing)."""
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):  # global flags (--debug) take no value
+        rest.pop(0)
+    if not rest or rest[0] != "predict":
+        return None
+    peek = _QuietParser(add_help=False)
+    _predict_arguments(peek, lenient=True)
+    try:
+        args, _ = peek.parse_known_args([a for a in rest[1:] if a not in ("-h", "--help")])
+    except _Unparsable:
+        return None
+    if not args.model:
+        return None
+    if not Path(args.model).is_file():  # a task flag before MODEL took its place: MODEL.onnx is further on
+        args.model = next((a for a in rest[1:] if a.lower().endswith(".onnx") and Path(a).is_file()), args.model)
+    return _load_predict_model(args)
+
+
+def _refuse_stray_predict_flags(model, extra: list[str]) -> None:
+    """A flag the model's task does not declare: one line naming it and the accepted ones,
+    instead of argparse's usage text (or, worse, being ignored)."""
+    flag = next((a for a in extra if a.startswith("-")), extra[0]).split("=", 1)[0]
+    if model is None:
+        raise UserError(f"predict: unrecognized argument {flag}")
+    accepted = ", ".join(o.flag for o in model.options) or "none"
+    raise UserError(f"predict: {flag}: a {model.metadata.task} model takes no such option (its options: {accepted}; "
+                    f"see visionkit predict {model.path} --help)")
 
 
 def _cmd_plugins(args) -> int:
@@ -177,7 +284,8 @@ def _cmd_serve(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(predict_model=None) -> argparse.ArgumentParser:
+    """``predict_model``: the model ``predict`` will run; its task's option flags are added."""
     parser = argparse.ArgumentParser(prog="visionkit", description="Train, evaluate and export vision models on Ray.")
     parser.add_argument("--version", action="version", version=f"visionkit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
@@ -205,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help=".onnx: onnxruntime threads (default: all cores)")
     p.set_defaults(func=_cmd_eval)
 
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: the run, its curves, where the model is wrong, "
+                       "its config (one self-contained page)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or s3://bucket/prefix/RUN)")
+    p.add_argument("--data", metavar="ROOT", help="the dataset root (data.root), if the run's has moved")
+    p.set_defaults(func=_cmd_report)
+
     p = sub.add_parser("export", help="export a run's model to ONNX, checked against PyTorch on validation images")
     p.add_argument("target", help="RUN_DIR or CHECKPOINT.pt")
     p.add_argument("overrides", nargs="*", help="data.* overrides for the checks, e.g. data.root=/data/here")
@@ -220,24 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp16/int8: largest allowed drop of the validation metric, in points (default 2)")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("predict", help="run an exported .onnx model on images (onnxruntime, no torch)")
-    p.add_argument("model", help="MODEL.onnx")
-    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("-o", "--output", default="predictions", help="output folder (default: predictions)")
-    p.add_argument("--draw", action="store_true", help="also write drawn images to OUTPUT/drawn/")
-    p.add_argument("--top-k", type=int, default=5, help="classification: classes per image (default 5)")
-    p.add_argument("--score-thresh", type=float, help="detection: drop boxes below this score")
-    p.add_argument("--draw-thresh", type=float, default=0.3, help="detection: draw boxes from this score")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
-    g = p.add_argument_group("a model without visionkit metadata (classification or segmentation)")
-    g.add_argument("--task", choices=["classification", "segmentation"])
-    g.add_argument("--classes", help="a file with one class name per line, or names separated by commas")
-    g.add_argument("--input-size", help="resize every image to HxW first, e.g. 224x224")
-    g.add_argument("--mean", type=float, nargs="+", help="normalisation the graph expects (default ImageNet's)")
-    g.add_argument("--std", type=float, nargs="+")
-    g.add_argument("--channels", type=int, choices=[1, 3], default=3)
-    p.set_defaults(func=_cmd_predict)
+    p = sub.add_parser("predict", help="run an exported .onnx model on images (onnxruntime, no torch)",
+                       epilog="A model's own options (--top-k for classification, --score-thresh for detection, a "
+                       "plugin task's own) are declared by its task runtime: `visionkit predict MODEL.onnx --help` "
+                       "lists them.")
+    _predict_arguments(p)
+    if predict_model is not None:
+        _task_option_arguments(p, predict_model)
+    p.set_defaults(func=_cmd_predict, loaded_model=predict_model)
 
     p = sub.add_parser("plugins", help="list the installed task plugins and where they come from")
     p.set_defaults(func=_cmd_plugins)
@@ -283,11 +387,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(exc: Exception, debug: bool) -> int:
+    """A user's mistake as one line on stderr, and its exit status."""
+    if debug:
+        raise exc
+    if isinstance(exc, UserError):
+        print(f"visionkit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    # OSError: a file the user named cannot be written or read (read-only folder, a file where
+    # a folder should be, disk full): say which, without a traceback.
+    where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+    print(f"visionkit: error: {where}{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        # predict's flags depend on its model's task: the model is loaded before the full parse
+        predict_model = _predict_model_of(argv)
+    except (UserError, OSError) as exc:
+        return _report(exc, "--debug" in argv)
+    parser = build_parser(predict_model)
     # Overrides may also follow flags (`train CONFIG --debug-local key=value`): argparse stops
     # filling a positional list at the first flag, so the rest arrive as unknown arguments.
     args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "predict":
+        try:
+            _refuse_stray_predict_flags(predict_model, extra)
+        except UserError as exc:
+            return _report(exc, args.debug)
     if extra:
         stray = [a for a in extra if a.startswith("-") or "=" not in a]
         if stray or not hasattr(args, "overrides"):
@@ -298,19 +427,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     try:
         return args.func(args)
-    except UserError as exc:
-        if args.debug:
-            raise
-        print(f"visionkit: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:
-        # A file the user named cannot be written or read (read-only folder, a file where a
-        # folder should be, disk full): say which, without a traceback.
-        if args.debug:
-            raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"visionkit: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
+    except (UserError, OSError) as exc:
+        return _report(exc, args.debug)
     except KeyboardInterrupt:
         print("visionkit: interrupted", file=sys.stderr)
         return 130

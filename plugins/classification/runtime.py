@@ -16,7 +16,7 @@ class ClassificationRuntime(TaskRuntime):
 
     def options(self, meta):
         n = len(meta.classes)
-        return [Option("top_k", int, min(5, n), f"classes per image, best first (1 to {n})", min=1, max=n)]
+        return [Option("top_k", int, min(5, n), "classes per image, best first", min=1, max=n)]
 
     def eval_options(self, meta):
         return {"top_k": len(meta.classes)}  # every class's probability: the metric reads them all
