@@ -366,7 +366,19 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
     else:
         _fit(loop.ray_train_entry, job, cfg, run, address or cfg.ray.address, cfg.ray.max_failures)
     print(final_summary(run, time.perf_counter() - tic), flush=True)
+    _write_report(run)
     return run.uri if run.remote else run.local
+
+
+def _write_report(run) -> None:
+    """report.html for the finished run; a page that cannot be drawn never fails the run."""
+    from ..report import write_report
+
+    try:
+        print(f"[visionkit] report: {write_report(run)}", flush=True)
+    except Exception as exc:  # noqa: BLE001  (the run's own files are all written by now)
+        print(f"[visionkit] report.html not written: {type(exc).__name__}: {exc}; "
+              f"retry with: visionkit report {run.uri} --debug", flush=True)
 
 
 def _terminal() -> bool:
