@@ -58,12 +58,13 @@ def _task_sections(run: RunView) -> list[ReportSection]:
     return sections
 
 
-def build_report(run_dir: Path | str, overrides: Sequence[str] = ()) -> str:
-    """The page for a local run directory, as a string."""
+def build_report(run_dir: Path | str, overrides: Sequence[str] = (), where: str | None = None) -> str:
+    """The page for a local run directory, as a string (``where``: the run's name in the page
+    when the directory is a local copy)."""
     from .. import __version__
     from .page import render
 
-    run = RunView(run_dir, overrides)
+    run = RunView(run_dir, overrides, where)
     run.plugin  # noqa: B018  (an unknown task is one line before any work)
     return render(run, _task_sections(run), __version__)
 
@@ -104,6 +105,6 @@ def write_report(run, overrides: Sequence[str] = ()) -> str:
             if run.exists(f"checkpoints/{name}"):
                 run.fetch(f"checkpoints/{name}", local / "checkpoints" / name)
                 break
-        page = build_report(local, overrides)
+        page = build_report(local, overrides, where=run.uri)
     run.write_bytes(REPORT_FILE, page.encode())
     return f"{run.uri}/{REPORT_FILE}"

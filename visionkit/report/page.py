@@ -123,7 +123,7 @@ def _count(n: Optional[int]) -> str:
 
 
 def _workers(attempts: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """Where each attempt's workers ran, grouped by host and device."""
+    """Where each attempt's workers ran (workers.json), grouped by host and device."""
     out = []
     for k, attempt in enumerate(attempts):
         workers = attempt.get("workers") or []
@@ -132,11 +132,11 @@ def _workers(attempts: list[dict[str, Any]]) -> list[tuple[str, str]]:
             where = str(w.get("hostname", "?")) + (f" ({w['node_ip']})" if w.get("node_ip") else "")
             key = (where, str(w.get("device", "?")))
             places[key] = places.get(key, 0) + 1
-        text = "; ".join(f"{n} on {host}, {device}" for (host, device), n in places.items())
-        label = "workers" if len(attempts) == 1 else f"workers, attempt {k + 1} (from epoch {attempt.get('start_epoch', 0) + 1})"
+        text = ", ".join(f"{n} on {host}, {device}" for (host, device), n in places.items())
+        label = "workers" if len(attempts) == 1 else f"workers, attempt {k + 1}"
         started = attempt.get("started_unix")
-        when = time.strftime(" started %Y-%m-%d %H:%M", time.localtime(started)) if isinstance(started, (int, float)) else ""
-        out.append((label, f"{len(workers)}: {text}{';' if when else ''}{when}"))
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+        out.append((label, f"{text}; started {when} at epoch {attempt.get('start_epoch', 0) + 1}"))
     return out
 
 
@@ -248,5 +248,5 @@ def render(run, task_sections: Iterable[ReportSection], version: str) -> str:
             f"<title>{esc(run.name)} \u2013 visionkit run report</title><style>{CSS}</style></head>"
             f'<body><main><header><h1>{esc(run.name)}</h1><p>{esc(subtitle_text)}</p>'
             f"<nav>{nav}</nav></header>{body}"
-            f"<footer>Written by visionkit {esc(version)} on {written} from {esc(str(run.dir))}. "
+            f"<footer>Written by visionkit {esc(version)} on {written} from {esc(run.where)}. "
             "One self-contained file: it opens offline in any browser.</footer></main></body></html>\n")

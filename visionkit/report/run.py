@@ -51,9 +51,11 @@ class RunView:
     ``val_dataset``, ``model``; and :meth:`predictions`, the model run on validation images.
     """
 
-    def __init__(self, run_dir: Path | str, overrides: Sequence[str] = ()):
+    def __init__(self, run_dir: Path | str, overrides: Sequence[str] = (), where: Optional[str] = None):
         self.dir = Path(run_dir)
         self.name = self.dir.name
+        #: the run as the user names it (an object-store URI when ``dir`` is a local copy)
+        self.where = where or str(self.dir)
         self.overrides = list(overrides)
         config_file = self.dir / "config.yaml"
         if not self.dir.is_dir():
