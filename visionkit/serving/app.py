@@ -1,10 +1,13 @@
 """The HTTP routes, as one Starlette application used by ``visionkit serve`` and Ray Serve.
 
+    GET  /           a page to try the model in a browser (visionkit.serving.page)
     GET  /health     {"status": "ok", ...}: the model is loaded and answering
     GET  /metadata   task, classes, pre-processing, limits
+    GET  /options    {"task", "options": [{name, type, min, max, choices, default, help}]}: the query
+                     parameters /predict takes, as the model's task runtime declares them (the page's form)
     POST /predict    an image as the raw body (Content-Type image/png, image/jpeg, ...,
                      or application/octet-stream), or one or more files as multipart/form-data;
-                     ?top_k=N (classification), ?score_thresh=X (detection)
+                     the query string: the task's options (GET /options), e.g. ?top_k=3
                      -> {"predictions": [one result per image, as `visionkit predict` writes it]}
 
 Every error is JSON, ``{"error": "...", "status": N}``: 400 undecodable image or bad parameter,
@@ -22,9 +25,10 @@ from typing import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from . import page
 from .limits import RequestError, bad_request, too_large
 from .service import InferenceService
 from .uploads import Upload, check_type, media_type
@@ -122,6 +126,12 @@ def create_app(service: InferenceService) -> Starlette:
     async def metadata(request: Request) -> JSONResponse:
         return JSONResponse({**service.describe(), "stats": service.stats()})
 
+    async def demo_page(request: Request) -> HTMLResponse:
+        return HTMLResponse(page.HTML, headers=page.HEADERS)
+
+    async def options(request: Request) -> JSONResponse:
+        return JSONResponse(service.describe_options())
+
     async def predict(request: Request) -> JSONResponse:
         service.admit()
         try:
@@ -152,7 +162,8 @@ def create_app(service: InferenceService) -> Starlette:
         await service.close()
 
     return Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/metadata", metadata, methods=["GET"]),
+        routes=[Route("/", demo_page, methods=["GET"]), Route("/health", health, methods=["GET"]),
+                Route("/metadata", metadata, methods=["GET"]), Route("/options", options, methods=["GET"]),
                 Route("/predict", predict, methods=["POST"])],
         exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
