@@ -20,10 +20,13 @@ from _common import REPO, report, timed_train
 
 BARE = r'''
 import os, sys, time
-import ray, ray.train, torch, torchvision
-from ray.train.torch import TorchTrainer, prepare_model, prepare_data_loader
+import ray, ray.train
+from ray.train.torch import TorchTrainer
 
 def loop(config):
+    # Imported here, as Ray's examples do: a __main__ function is pickled by value with its globals.
+    import torch, torchvision
+    from ray.train.torch import prepare_model, prepare_data_loader
     torch.set_num_threads(os.cpu_count())
     tf = torchvision.transforms.Compose([torchvision.transforms.ToTensor(),
                                          torchvision.transforms.Normalize([0.5] * 3, [0.25] * 3)])
