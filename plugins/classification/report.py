@@ -53,10 +53,13 @@ def _confusion(result: dict[str, Any], classes: list[str]) -> str:
     per_class = result.get("per_class_accuracy") or []
     items = [(name, acc, f"{int(totals[k])} image{'s' * (int(totals[k]) != 1)}")
              for k, (name, acc) in enumerate(zip(classes, per_class))]
-    out.append(blocks.heading("Per-class accuracy" + (", worst first" if len(items) > MATRIX_MAX else "")))
-    if len(items) > MATRIX_MAX:
-        items.sort(key=lambda item: (item[1] is None, item[1] if item[1] is not None else 0.0))
-    out.append(blocks.bars(items, missing="no image"))
+    if len(items) <= MATRIX_MAX:
+        out += [blocks.heading("Per-class accuracy"), blocks.bars(items, missing="no image")]
+        return "".join(out)
+    items.sort(key=lambda item: (item[1] is None, item[1] if item[1] is not None else 0.0))
+    out += [blocks.heading(f"Per-class accuracy: the {MATRIX_MAX} worst classes"),
+            blocks.bars(items[:MATRIX_MAX], missing="no image"),
+            blocks.details(f"All {len(items)} classes, worst first", blocks.bars(items, missing="no image"))]
     return "".join(out)
 
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
+from ..errors import UserError
 from . import blocks
 from .charts import constants, curve_panels, fmt, panel_chart
 
@@ -147,7 +148,7 @@ def run_section(run) -> str:
     rows = run.rows
     try:
         params = run.parameter_count()
-    except Exception as exc:  # an unreadable checkpoint still leaves the logs worth showing
+    except UserError as exc:  # an unreadable checkpoint still leaves the logs worth showing
         params, note = None, f"checkpoint not readable: {exc}"
     else:
         note = ""
