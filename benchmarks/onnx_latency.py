@@ -113,9 +113,9 @@ def bench(task: str, ckpt: Path, out: Path, threads: int, repeats: int) -> dict:
 
     run = load_run(str(ckpt), [])
     val = run.dataset("val")
-    prepared = models["fp32"].preprocess([run.plugin.export_source(val, i) for i in range(8)])
+    prepared = models["fp32"].preprocess([run.exporter.source(val, i) for i in range(8)])
     batch8 = np.stack([p.array for p in prepared])
-    plan = run.plugin.export_plan(run.model, run.classes, run.sections, ExportOptions())
+    plan = run.exporter.plan(run.model, run.classes, run.sections, ExportOptions())
     torch.set_num_threads(threads)
     model = run.model.eval()
 

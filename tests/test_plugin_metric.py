@@ -133,7 +133,7 @@ def test_builtin_and_toy_plugins_declare_the_metric_class_they_build():
     monkeypatch = pytest.MonkeyPatch()
     try:
         monkeypatch.syspath_prepend(str(toy))
-        plugins.append(importlib.import_module("vk_toy").ToyPlugin())
+        plugins.append(importlib.import_module("vk_toy.plugin").ToyPlugin())
     finally:
         monkeypatch.undo()
     for plugin in plugins:

@@ -102,6 +102,8 @@ def _bad_requests():
         ("multipart without a file", "/predict", no_file, no_file_type, 400, "without a file part"),
         ("broken multipart", "/predict", b"--x\r\nnonsense", "multipart/form-data; boundary=y", 400, "multipart"),
         ("unknown option", "/predict?topk=2", one, "image/png", 400, "unknown query parameter 'topk'"),
+        ("another task's option", "/predict?score_thresh=0.5", one, "image/png", 400,
+         "unknown query parameter 'score_thresh'; this classification model's /predict takes top_k"),
         ("top_k not a number", "/predict?top_k=two", one, "image/png", 400, "expected int"),
         ("top_k out of range", "/predict?top_k=9", one, "image/png", 400, "expected 1 to 3"),
     ]

@@ -179,36 +179,53 @@ class TaskPlugin(abc.ABC):
         return default_sections(self, run)
 
     # --- export (ONNX) ------------------------------------------------------------------------
-    # ``visionkit export`` calls these; a plugin without them cannot be exported. The graph's
-    # input is always float32 NCHW, RGB (grey for one channel) in [0, 1], at the size the
-    # recorded pre-processing gives: normalisation and post-processing go inside the graph.
-    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any,
-                    options: "ExportOptions") -> "ExportPlan":
-        """The graph to export: a wrapper whose outputs are what a deployer needs."""
-        raise NotImplementedError(f"task {self.name!r} does not support export")
+    def exporter(self) -> Optional["Exporter"]:
+        """This task's export half, or None (the default): ``visionkit export`` then says in one
+        line that the task does not export. Import torch-heavy export code here, lazily."""
+        return None
 
-    def export_source(self, dataset: Any, index: int) -> Any:
-        """Sample ``index`` as the runtime would receive it: its image file (or a uint8 array)."""
-        raise NotImplementedError(f"task {self.name!r} does not support export")
 
-    def export_input(self, dataset: Any, data: Any, index: int) -> torch.Tensor:
+class Exporter(abc.ABC):
+    """A task's ONNX export half, given by :meth:`TaskPlugin.exporter`: what ``visionkit export``
+    and ``visionkit eval model.onnx`` call. The inference half is the task's
+    :class:`visionkit.runtime.TaskRuntime` (torch-free, its own entry point).
+
+    The graph's input is always float32 NCHW, RGB (grey for one channel) in [0, 1], at the size
+    the recorded pre-processing gives: normalisation and post-processing go inside the graph.
+    """
+
+    @abc.abstractmethod
+    def plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: "ExportOptions") -> "ExportPlan":
+        """The graph to export: a wrapper module whose outputs are what the runtime reads.
+        ``sections``: the run's validated ``data``/``model``/``loss`` (``sections.data``...)."""
+
+    @abc.abstractmethod
+    def source(self, dataset: Any, index: int) -> Any:
+        """Sample ``index`` as the runtime would receive it: its image file path, or a uint8 HxW
+        or HxWx3 array."""
+
+    def graph_input(self, dataset: Any, data: Any, index: int) -> torch.Tensor:
         """Sample ``index`` through the training pipeline's validation transform, as graph input
-        (CxHxW in [0, 1]): compared with the runtime's own pre-processing of the same file."""
+        (CxHxW in [0, 1]): compared with the runtime's own pre-processing of :meth:`source`."""
         return dataset[index][0]
 
-    def export_reference(self, model: torch.nn.Module, dataset: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """PyTorch's answer for each sample (the evaluation path), in the graph's output terms."""
-        raise NotImplementedError(f"task {self.name!r} does not support export")
+    @abc.abstractmethod
+    def reference(self, model: torch.nn.Module, dataset: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """PyTorch's answer for each sample (the evaluation path), as the graph's outputs would
+        be for that image: ``{output name: numpy array}``."""
 
-    def compare_exported(self, reference: list[dict[str, Any]], exported: list[dict[str, Any]],
-                         precision: str, plan: "ExportPlan") -> dict[str, Any]:
-        """Figures of agreement and ``ok``: did the exported graph answer as PyTorch did?"""
-        raise NotImplementedError(f"task {self.name!r} does not support export")
+    @abc.abstractmethod
+    def compare(self, reference: list[dict[str, Any]], exported: list[dict[str, Any]], precision: str,
+                plan: "ExportPlan") -> dict[str, Any]:
+        """Did the exported graph answer as PyTorch did? ``exported``: the graph's outputs per
+        image (as ``reference``). Return figures (numbers, for the report) and ``ok``; with
+        ``threshold`` (text) the rule is printed too. fp16/int8 are judged by the metric after."""
 
-    def runtime_metric_inputs(self, dataset: Any, indices: Sequence[int], results: list[dict[str, Any]]) -> tuple[Any, Any]:
-        """``(outputs, batch)`` for :meth:`Metric.update` from the runtime's results on those
-        samples, so ``visionkit eval model.onnx`` scores with this plugin's own metric."""
-        raise NotImplementedError(f"task {self.name!r} does not support evaluating exported models")
+    @abc.abstractmethod
+    def metric_inputs(self, dataset: Any, indices: Sequence[int], results: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """``(outputs, batch)`` for :meth:`Metric.update` from the runtime's results (its
+        ``postprocess`` dicts, under its ``eval_options``) on those samples, so
+        ``visionkit eval model.onnx`` scores with the plugin's own metric."""
 
 
 @dataclass
@@ -221,7 +238,7 @@ class ExportOptions:
 
 @dataclass
 class ExportPlan:
-    """A plugin's answer to :meth:`TaskPlugin.export_plan`.
+    """An exporter's answer to :meth:`Exporter.plan`.
 
     ``module`` maps images (N, C, H, W float32 in [0, 1]) to ``output_names`` in order.
     ``preprocess`` lists the runtime's steps before the graph (``{op: resize, height, width,

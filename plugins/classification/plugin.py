@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from visionkit.plugin import ExportOptions, ExportPlan, LossOutput, Section, TaskPlugin
+from visionkit.plugin import LossOutput, Section, TaskPlugin
 
-from . import export as _export
 from .data import DataConfig, build_dataset
 from .metric import ClassificationMetric
 from .models import ModelConfig, build_model
@@ -58,21 +57,8 @@ class ClassificationPlugin(TaskPlugin):
 
         return report_sections(run)
 
-    # --- ONNX export (see export.py) --------------------------------------------------------
-    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
-        return _export.export_plan(model, classes, sections, options)
+    def exporter(self):
+        """ONNX export (export.py), imported only when exporting."""
+        from .export import ClassificationExporter
 
-    def export_source(self, dataset: Any, index: int) -> Any:
-        return _export.export_source(dataset, index)
-
-    def export_input(self, dataset: Any, data: DataConfig, index: int) -> torch.Tensor:
-        return _export.export_input(dataset, data, index)
-
-    def export_reference(self, model: torch.nn.Module, dataset: Any, indices) -> list[dict[str, Any]]:
-        return _export.export_reference(model, dataset, indices)
-
-    def compare_exported(self, reference, exported, precision: str, plan: ExportPlan) -> dict[str, Any]:
-        return _export.compare_exported(reference, exported, precision)
-
-    def runtime_metric_inputs(self, dataset: Any, indices, results):
-        return _export.runtime_metric_inputs(dataset, indices, results)
+        return ClassificationExporter()

@@ -32,7 +32,9 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 
-from visionkit.plugin import ExportOptions, ExportPlan, resize_steps
+from visionkit.plugin import Exporter, ExportOptions, ExportPlan, resize_steps
+
+from .coco import read_categories_only
 
 OUTPUTS = ["boxes", "scores", "labels", "num_detections"]
 #: fp32 parity: every PyTorch detection has an ONNX one of the same class at this IoU
@@ -231,23 +233,6 @@ def is_dense(model: nn.Module) -> bool:
     return isinstance(model, (FCOS, RetinaNet))
 
 
-def export_plan(model: nn.Module, classes: list[str], sections: Any, options: ExportOptions,
-                category_ids: list[int]) -> ExportPlan:
-    cfg = sections.model
-    dense = is_dense(model)
-    graph = DenseDetectorGraph(model) if dense else PerImageDetectorGraph(model, cfg.detections_per_img)
-    t = model.transform
-    post = {"nms": "in graph (class-wise, per image)", "score_thresh": float(getattr(model, "score_thresh", cfg.score_thresh)),
-            "nms_thresh": _nms_thresh(model), "detections_per_img": cfg.detections_per_img,
-            "model_resize": {"min_size": int(t.min_size[-1]), "max_size": int(t.max_size)},
-            "boxes": "xyxy, input pixels", "model": cfg.name}
-    return ExportPlan(
-        module=graph, output_names=OUTPUTS, channels=3, dynamic_batch=dense, dynamic_size=dense,
-        preprocess=resize_steps(sections.data.val_transforms, "data.val_transforms"),
-        normalization={"mean": list(t.image_mean), "std": list(t.image_std), "in_graph": True},
-        postprocess=post, category_ids=list(category_ids))
-
-
 def _nms_thresh(model: nn.Module) -> float:
     if hasattr(model, "nms_thresh"):
         return float(model.nms_thresh)
@@ -255,21 +240,10 @@ def _nms_thresh(model: nn.Module) -> float:
     return float(getattr(heads, "nms_thresh", 0.0))
 
 
-def export_source(dataset, index: int):
-    return dataset.split.records[index].file
-
-
 def _detections(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     keep = out["labels"] > 0
     return {"boxes": out["boxes"][keep].float().numpy(), "scores": out["scores"][keep].float().numpy(),
             "labels": (out["labels"][keep] - 1).numpy()}
-
-
-@torch.no_grad()
-def export_reference(model: nn.Module, dataset, indices: Sequence[int]) -> list[dict[str, Any]]:
-    """torchvision's eager inference per image, on the validation transform's output."""
-    model.eval()
-    return [_detections(model([dataset[i][0]])[0]) for i in indices]
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -307,40 +281,70 @@ def match(ref: dict[str, np.ndarray], exp: dict[str, np.ndarray], score_thresh: 
             "min_iou": min(ious, default=1.0), "max_score_diff": max(score_diffs, default=0.0)}
 
 
-def compare_exported(reference: list[dict[str, Any]], exported: list[dict[str, Any]], precision: str,
-                     score_thresh: float) -> dict[str, Any]:
-    totals = {"images": len(reference), "torch_detections": 0, "matched": 0, "unmatched_torch": 0,
-              "unmatched_onnx": 0, "borderline": 0, "min_iou": 1.0, "max_score_diff": 0.0}
-    for ref, out in zip(reference, exported):
-        n = int(out["num_detections"])
-        exp = {"boxes": out["boxes"][:n].astype(np.float64), "scores": out["scores"][:n].astype(np.float64),
-               "labels": out["labels"][:n]}
-        found = match({k: np.asarray(v, dtype=np.float64 if k != "labels" else np.int64) for k, v in ref.items()},
-                      exp, score_thresh)
-        totals["torch_detections"] += len(ref["scores"])
-        for key in ("matched", "unmatched_torch", "unmatched_onnx", "borderline"):
-            totals[key] += found[key]
-        totals["min_iou"] = min(totals["min_iou"], found["min_iou"])
-        totals["max_score_diff"] = max(totals["max_score_diff"], found["max_score_diff"])
-    if precision == "fp32":
-        ok = (totals["unmatched_torch"] == 0 and totals["unmatched_onnx"] == 0
-              and totals["max_score_diff"] <= MAX_SCORE_DIFF)
-        totals.update(threshold=f"every detection matched one-to-one, same label, IoU >= {MIN_IOU}, "
-                                f"|score diff| <= {MAX_SCORE_DIFF:g} (ties at the score threshold aside)", ok=ok)
-    else:
-        totals.update(threshold="reduced precision: judged by the validation metric", ok=True)
-    return totals
+class DetectionExporter(Exporter):
+    """A detector with NMS inside the graph: ``boxes``, ``scores``, ``labels``, ``num_detections``."""
 
+    def plan(self, model: nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
+        category_ids, _ = read_categories_only(sections.data.root / sections.data.train_annotations)
+        cfg = sections.model
+        dense = is_dense(model)
+        graph = DenseDetectorGraph(model) if dense else PerImageDetectorGraph(model, cfg.detections_per_img)
+        t = model.transform
+        post = {"nms": "in graph (class-wise, per image)",
+                "score_thresh": float(getattr(model, "score_thresh", cfg.score_thresh)),
+                "nms_thresh": _nms_thresh(model), "detections_per_img": cfg.detections_per_img,
+                "model_resize": {"min_size": int(t.min_size[-1]), "max_size": int(t.max_size)},
+                "boxes": "xyxy, input pixels", "model": cfg.name}
+        return ExportPlan(
+            module=graph, output_names=OUTPUTS, channels=3, dynamic_batch=dense, dynamic_size=dense,
+            preprocess=resize_steps(sections.data.val_transforms, "data.val_transforms"),
+            normalization={"mean": list(t.image_mean), "std": list(t.image_std), "in_graph": True},
+            postprocess=post, category_ids=list(category_ids))
 
-def runtime_metric_inputs(dataset, indices: Sequence[int], results: list[dict[str, Any]]):
-    """The runtime's detections (original pixels) as :meth:`DetectionPlugin.predict` gives them."""
-    outputs, targets = [], []
-    for i, result in zip(indices, results):
-        rec = dataset.split.records[i]
-        dets = result["detections"]
-        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)],
-                             dtype=torch.float64).reshape(-1, 4)
-        outputs.append({"boxes": boxes, "scores": torch.tensor([d["score"] for d in dets], dtype=torch.float64),
-                        "labels": torch.tensor([d["label"] + 1 for d in dets], dtype=torch.int64)})
-        targets.append({"image_id": rec.id, "orig_size": (rec.height, rec.width), "gt": rec.gt, "file": str(rec.file)})
-    return outputs, (None, targets)
+    def source(self, dataset, index: int):
+        return dataset.split.records[index].file
+
+    @torch.no_grad()
+    def reference(self, model: nn.Module, dataset, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """torchvision's eager inference per image, on the validation transform's output."""
+        model.eval()
+        return [_detections(model([dataset[i][0]])[0]) for i in indices]
+
+    def compare(self, reference: list[dict[str, Any]], exported: list[dict[str, Any]], precision: str,
+                plan: ExportPlan) -> dict[str, Any]:
+        score_thresh = plan.postprocess["score_thresh"]
+        totals = {"images": len(reference), "torch_detections": 0, "matched": 0, "unmatched_torch": 0,
+                  "unmatched_onnx": 0, "borderline": 0, "min_iou": 1.0, "max_score_diff": 0.0}
+        for ref, out in zip(reference, exported):
+            n = int(out["num_detections"])
+            exp = {"boxes": out["boxes"][:n].astype(np.float64), "scores": out["scores"][:n].astype(np.float64),
+                   "labels": out["labels"][:n]}
+            found = match({k: np.asarray(v, dtype=np.float64 if k != "labels" else np.int64)
+                           for k, v in ref.items()}, exp, score_thresh)
+            totals["torch_detections"] += len(ref["scores"])
+            for key in ("matched", "unmatched_torch", "unmatched_onnx", "borderline"):
+                totals[key] += found[key]
+            totals["min_iou"] = min(totals["min_iou"], found["min_iou"])
+            totals["max_score_diff"] = max(totals["max_score_diff"], found["max_score_diff"])
+        if precision == "fp32":
+            ok = (totals["unmatched_torch"] == 0 and totals["unmatched_onnx"] == 0
+                  and totals["max_score_diff"] <= MAX_SCORE_DIFF)
+            totals.update(threshold=f"every detection matched one-to-one, same label, IoU >= {MIN_IOU}, "
+                                    f"|score diff| <= {MAX_SCORE_DIFF:g} (ties at the score threshold aside)", ok=ok)
+        else:
+            totals.update(threshold="reduced precision: judged by the validation metric", ok=True)
+        return totals
+
+    def metric_inputs(self, dataset, indices: Sequence[int], results: list[dict[str, Any]]):
+        """The runtime's detections (original pixels) as :meth:`DetectionPlugin.predict` gives them."""
+        outputs, targets = [], []
+        for i, result in zip(indices, results):
+            rec = dataset.split.records[i]
+            dets = result["detections"]
+            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)],
+                                 dtype=torch.float64).reshape(-1, 4)
+            outputs.append({"boxes": boxes, "scores": torch.tensor([d["score"] for d in dets], dtype=torch.float64),
+                            "labels": torch.tensor([d["label"] + 1 for d in dets], dtype=torch.int64)})
+            targets.append({"image_id": rec.id, "orig_size": (rec.height, rec.width), "gt": rec.gt,
+                            "file": str(rec.file)})
+        return outputs, (None, targets)

@@ -12,19 +12,12 @@ from typing import Any
 import torch
 
 from visionkit.errors import ConfigError
-from visionkit.plugin import ExportOptions, ExportPlan, LossOutput, Metric, TaskPlugin
+from visionkit.plugin import LossOutput, Metric, TaskPlugin
 
 from . import data as _data
 from . import models as _models
 from .config import DataConfig, LossConfig, ModelConfig
 from .metric import DetectionMetric
-
-
-def _export():
-    """export.py imports torchvision's detection internals: only when exporting."""
-    from . import export
-
-    return export
 
 
 class DetectionLoss:
@@ -107,24 +100,12 @@ class DetectionPlugin(TaskPlugin):
 
         return report_sections(run)
 
-    # --- ONNX export (see export.py): NMS inside the graph --------------------------------
-    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
-        from .coco import read_categories_only
+    def exporter(self):
+        """ONNX export with NMS inside the graph (export.py: torchvision's detection internals,
+        imported only when exporting)."""
+        from .export import DetectionExporter
 
-        category_ids, _ = read_categories_only(sections.data.root / sections.data.train_annotations)
-        return _export().export_plan(model, classes, sections, options, category_ids)
-
-    def export_source(self, dataset: Any, index: int) -> Any:
-        return _export().export_source(dataset, index)
-
-    def export_reference(self, model: torch.nn.Module, dataset: Any, indices) -> list[dict[str, Any]]:
-        return _export().export_reference(model, dataset, indices)
-
-    def compare_exported(self, reference, exported, precision: str, plan: ExportPlan) -> dict[str, Any]:
-        return _export().compare_exported(reference, exported, precision, plan.postprocess["score_thresh"])
-
-    def runtime_metric_inputs(self, dataset: Any, indices, results):
-        return _export().runtime_metric_inputs(dataset, indices, results)
+        return DetectionExporter()
 
 
 __all__ = ["DetectionPlugin", "DataConfig", "ModelConfig", "LossConfig", "DetectionMetric"]

@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 
-from visionkit.plugin import ExportOptions, ExportPlan, TaskPlugin
+from visionkit.plugin import TaskPlugin
 
-from . import export as _export
 from .data import DataConfig, SegmentationDataset, build_dataset, collate, eval_size_key
 from .loss import LossConfig, build_loss
 from .metric import SegmentationMetric, predicted_classes
@@ -66,20 +65,11 @@ class SegmentationPlugin(TaskPlugin):
 
         return report_sections(run)
 
-    # --- ONNX export (see export.py) --------------------------------------------------------
-    def export_plan(self, model: torch.nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
-        return _export.export_plan(model, classes, sections, options)
+    def exporter(self):
+        """ONNX export (export.py), imported only when exporting."""
+        from .export import SegmentationExporter
 
-    def export_source(self, dataset: SegmentationDataset, index: int) -> Any:
-        return _export.export_source(dataset, index)
+        return SegmentationExporter()
 
-    def export_reference(self, model: torch.nn.Module, dataset: SegmentationDataset, indices) -> list[dict[str, Any]]:
-        return _export.export_reference(model, dataset, indices)
-
-    def compare_exported(self, reference, exported, precision: str, plan: ExportPlan) -> dict[str, Any]:
-        return _export.compare_exported(reference, exported, precision)
-
-    def runtime_metric_inputs(self, dataset: SegmentationDataset, indices, results):
-        return _export.runtime_metric_inputs(dataset, indices, results, self.collate)
 
 __all__ = ["SegmentationPlugin", "DataConfig", "ModelConfig", "LossConfig"]

@@ -1,10 +1,10 @@
 """Segmentation at inference: the graph's class map -> a mask at the image's size, the classes
 present and their pixel shares; ``predict`` writes masks as palette PNGs (numpy and Pillow only:
-a deployment imports this without torch)."""
+a deployment imports this without torch). Served, the mask comes as base64 palette-PNG bytes
+under ``mask_png`` (TaskRuntime.to_json's default for a 2-D uint8 array)."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +57,6 @@ class SegmentationRuntime(TaskRuntime):
         labelled = (mask > 0) & (mask < len(colours))
         out[labelled] = 0.45 * out[labelled] + 0.55 * colours[mask[labelled]]
         return Image.fromarray(np.hstack([image, out.clip(0, 255).astype(np.uint8)]))
-
-    def to_json(self, result):
-        """The mask as base64 palette-PNG bytes under ``mask_png`` (pixel value = class index)."""
-        out = {k: v for k, v in result.items() if k != "mask"}
-        out["mask_png"] = base64.b64encode(mask_png(result["mask"])).decode("ascii")
-        return out
 
     def writer(self, meta, out_dir):
         return MaskWriter(self, meta, out_dir)

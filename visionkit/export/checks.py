@@ -42,7 +42,7 @@ def onnx_checker(path: Path) -> dict[str, Any]:
 def preprocessing(run: LoadedRun, dataset, indices: Sequence[int], prepared) -> dict[str, Any]:
     worst, differing, values = 0.0, 0, 0
     for i, item in zip(indices, prepared):
-        ref = run.plugin.export_input(dataset, run.sections.data, i).detach().float().numpy()
+        ref = run.exporter.graph_input(dataset, run.sections.data, i).detach().float().numpy()
         if ref.shape != item.array.shape:
             return {"images": len(indices), "ok": False,
                     "error": f"sample {i}: training gives {ref.shape}, the runtime {item.array.shape} ({item.name})"}
@@ -58,8 +58,8 @@ def preprocessing(run: LoadedRun, dataset, indices: Sequence[int], prepared) -> 
 def outputs(run: LoadedRun, plan: ExportPlan, model: Model, dataset, indices: Sequence[int], prepared,
             precision: str) -> dict[str, Any]:
     exported = model.outputs_per_image(prepared, batch_size=8)
-    reference = run.plugin.export_reference(run.model, dataset, indices)
-    return run.plugin.compare_exported(reference, exported, precision, plan)
+    reference = run.exporter.reference(run.model, dataset, indices)
+    return run.exporter.compare(reference, exported, precision, plan)
 
 
 def latency_ms(model: Model, prepared, repeats: int = 3) -> float:
@@ -81,7 +81,7 @@ def parity(path: Path, run: LoadedRun, plan: ExportPlan, dataset, indices: Seque
     if not report["onnx_checker"]["ok"]:
         return report
     model = Model.load(path, providers=["CPUExecutionProvider"])
-    sources = [run.plugin.export_source(dataset, i) for i in indices]
+    sources = [run.exporter.source(dataset, i) for i in indices]
     prepared = model.preprocess(sources)
     report["preprocessing"] = preprocessing(run, dataset, indices, prepared)
     report["outputs"] = outputs(run, plan, model, dataset, indices, prepared, precision)

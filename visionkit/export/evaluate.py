@@ -43,7 +43,7 @@ def data_section(model: Model, plugin, data_root: Optional[str], overrides: list
     if data_root:
         raw["data"]["root"] = data_root
     raw = apply_overrides(raw, list(overrides))
-    if not raw["data"].get("root"):
+    if not raw["data"]:  # a task whose data has no root (generated) records a section all the same
         raise ConfigError(f"{model.path}: the model records no data section; give --data ROOT (and data.* keys)")
     source = f"{model.path} (recorded data section{' with overrides' if data_root or overrides else ''})"
     section = validate_section(plugin.DataConfig, raw["data"], source, prefix="data")
@@ -53,6 +53,9 @@ def data_section(model: Model, plugin, data_root: Optional[str], overrides: list
 
 def evaluate_model(model: Model, plugin, dataset, batch_size: int = 8) -> tuple[dict[str, Any], Any]:
     """The metric over ``dataset`` from the runtime's predictions; returns (result, metric)."""
+    from .run import exporter_of
+
+    exporter = exporter_of(plugin, str(model.path))
     classes = list(model.metadata.classes)
     if list(dataset.classes) != classes:
         raise UserError(f"{model.path}: the model's classes {classes} differ from the data's {list(dataset.classes)}")
@@ -60,10 +63,10 @@ def evaluate_model(model: Model, plugin, dataset, batch_size: int = 8) -> tuple[
     chunk = max(batch_size, 16)
     for start in range(0, len(dataset), chunk):
         indices = list(range(start, min(start + chunk, len(dataset))))
-        sources = [plugin.export_source(dataset, i) for i in indices]
+        sources = [exporter.source(dataset, i) for i in indices]
         # the runtime's eval options: e.g. every class's score, masks at the size the metric scores at
         results = model.predict(sources, batch_size=batch_size, **model.task.eval_options(model.metadata))
-        outputs, batch = plugin.runtime_metric_inputs(dataset, indices, results)
+        outputs, batch = exporter.metric_inputs(dataset, indices, results)
         metric.update(outputs, batch)
     metric.merge([metric.state()])  # the contract: compute() follows a merge, as in training's eval
     return metric.compute(), metric

@@ -50,7 +50,7 @@ def metadata_for(run: LoadedRun, plan: ExportPlan, opset: int) -> Metadata:
 
 def example_input(run: LoadedRun, plan: ExportPlan, dataset) -> torch.Tensor:
     """The first validation image as the runtime prepares it; two of them for a dynamic batch."""
-    image = prepare(decode(run.plugin.export_source(dataset, 0)), plan.preprocess, plan.channels)
+    image = prepare(decode(run.exporter.source(dataset, 0)), plan.preprocess, plan.channels)
     batch = torch.from_numpy(image)[None]
     return batch.repeat(2, 1, 1, 1) if plan.dynamic_batch else batch
 
@@ -77,7 +77,7 @@ def reduced_precision(run: LoadedRun, plan: ExportPlan, fp32: Path, reduced: Pat
         info = {"method": "float16 weights and activations, float32 input/outputs"}
     else:
         train = run.dataset("train")
-        sources = [run.plugin.export_source(train, i) for i in sample_indices(len(train), calibration_images)]
+        sources = [run.exporter.source(train, i) for i in sample_indices(len(train), calibration_images)]
         info = to_int8(fp32, reduced, sources)
     set_precision(reduced, precision)
     checks = parity(reduced, run, plan, val, indices, precision)
@@ -88,7 +88,7 @@ def reduced_precision(run: LoadedRun, plan: ExportPlan, fp32: Path, reduced: Pat
     base, metric = evaluate_model(full, run.plugin, val)
     after, _ = evaluate_model(low, run.plugin, val)
     checks["validation_metric"] = metric_drop_check(metric, base, after, precision, len(val), max_drop)
-    prepared = full.preprocess([run.plugin.export_source(val, i) for i in indices[:8]])
+    prepared = full.preprocess([run.exporter.source(val, i) for i in indices[:8]])
     t_full, t_low = latency_ms(full, prepared), latency_ms(low, prepared)
     checks["speed"] = {"ms_per_image_fp32": round(t_full, 3), f"ms_per_image_{precision}": round(t_low, 3),
                        "speedup": round(t_full / t_low, 3), "batch": 1, "ok": True}
@@ -113,10 +113,7 @@ def export(target: str, output: Optional[str] = None, overrides: list[str] = (),
     out.parent.mkdir(parents=True, exist_ok=True)
     val = run.dataset("val")
     checkpoint.check_classes(run.state, val.classes, "the validation data")
-    try:
-        plan = run.plugin.export_plan(run.model, run.classes, run.sections, ExportOptions(opset=opset, logits=logits))
-    except NotImplementedError as exc:
-        raise UserError(f"{run.checkpoint}: {exc} (its plugin has no export_plan)") from None
+    plan = run.exporter.plan(run.model, run.classes, run.sections, ExportOptions(opset=opset, logits=logits))
     example = example_input(run, plan, val)
     if not plan.dynamic_size and not any(s.get("op") == "resize" for s in plan.preprocess):
         # A graph traced for one size: the runtime brings other images to it (a no-op for

@@ -15,7 +15,7 @@ from .metadata import Metadata, ModelError
 from .model import Model, foreign_metadata
 from .options import Option, OptionError
 from .preprocess import IMAGE_SUFFIXES, Prepared, list_images
-from .tasks import PredictionWriter, TaskRuntime, mask_png
+from .tasks import PredictionWriter, TaskRuntime, mask_png, to_json
 
 __all__ = ["Model", "Metadata", "ModelError", "Option", "OptionError", "PredictionWriter", "Prepared", "TaskRuntime",
-           "foreign_metadata", "list_images", "mask_png", "IMAGE_SUFFIXES"]
+           "foreign_metadata", "list_images", "mask_png", "to_json", "IMAGE_SUFFIXES"]

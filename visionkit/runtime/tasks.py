@@ -11,6 +11,7 @@ Shared drawing and mask helpers (palette, font, label, nearest, mask_png) are he
 
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -25,7 +26,7 @@ from .preprocess import Prepared
 ENTRY_POINT_GROUP = "visionkit.runtime"
 
 
-class TaskRuntime:
+class TaskRuntime(abc.ABC):
     """One task's inference side. Subclass it, set ``name`` (the ``task`` the exported model's
     metadata records) and implement :meth:`postprocess`; the rest has defaults."""
 
@@ -43,6 +44,7 @@ class TaskRuntime:
         needs (every class's score, masks at the graph's size); declared ones only."""
         return {}
 
+    @abc.abstractmethod
     def postprocess(self, outputs: dict[str, np.ndarray], image: Prepared, meta: Metadata,
                     options: dict[str, Any]) -> dict[str, Any]:
         """One image's result. ``outputs``: the graph's outputs by name, this image's slice
@@ -50,15 +52,14 @@ class TaskRuntime:
         (``name``, ``orig_size`` (h, w) before the recorded resize, ``size`` after it);
         ``options``: every declared option's value. Return a dict with ``"file": image.name``
         that :meth:`to_json` makes JSON-able."""
-        raise NotImplementedError(f"runtime of task {self.name!r} has no postprocess()")
 
     def draw(self, image: np.ndarray, result: dict[str, Any], meta: Metadata, options: dict[str, Any]):
         """A PIL image showing ``result`` on ``image`` (HxWx3 uint8, the original), for ``--draw``."""
         raise ModelError(f"the {self.name} runtime draws nothing; leave out --draw")
 
     def to_json(self, result: dict[str, Any]) -> dict[str, Any]:
-        """``result`` as ``serve`` answers it: only JSON types (e.g. a mask as base64 PNG)."""
-        return dict(result)
+        """``result`` as ``serve`` answers it, in JSON types only (default: :func:`to_json`)."""
+        return to_json(result)
 
     def writer(self, meta: Metadata, out_dir: Path) -> "PredictionWriter":
         """What ``visionkit predict`` writes into ``out_dir``; the default: ``predictions.json``,
@@ -128,6 +129,31 @@ def task_runtime(name: str) -> TaskRuntime:
 
 
 # --- helpers shared by the runtimes -----------------------------------------------------------
+def to_json(result: dict[str, Any]) -> dict[str, Any]:
+    """A result in JSON types: a 2-D uint8 array under key ``k`` (a class map) becomes base64
+    palette-PNG bytes under ``k_png``; other arrays become lists, numpy scalars numbers."""
+    import base64
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, np.ndarray) and value.ndim == 2 and value.dtype == np.uint8:
+            out[f"{key}_png"] = base64.b64encode(mask_png(value)).decode("ascii")
+        else:
+            out[key] = plain(value)
+    return out
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
