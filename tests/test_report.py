@@ -21,7 +21,7 @@ from visionkit.report.charts import constants, curve_panels, integer_ticks
 from visionkit.report.page import ReportSection, external_reference, render
 from visionkit.train import launch
 
-from conftest import REPO, cls_overrides, run_cli
+from conftest import AWS_ENV, BUCKET, REPO, cls_overrides, run_cli
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr",
         # inside inline SVG, self-closed
@@ -150,6 +150,24 @@ def test_report_command_rewrites_it_and_refuses_what_is_not_a_run(runs, tmp_path
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"visionkit: error: {tmp_path}: not a visionkit run directory (no config.yaml)"
+
+
+def test_a_run_in_an_object_store_gets_its_report_there(runs, s3, monkeypatch, tmp_path, capsys):
+    """Read through a local copy of the run's files and best.pt; the page goes back to the store."""
+    endpoint, client = s3
+    for key, value in {**AWS_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    run = runs["classification"]
+    for path in run.rglob("*"):
+        rel = path.relative_to(run).as_posix()
+        if path.is_file() and rel != "report.html" and not rel.startswith("tensorboard"):
+            client.put_object(Bucket=BUCKET, Key=f"reports/cls/{rel}", Body=path.read_bytes())
+    assert cli.main(["report", f"s3://{BUCKET}/reports/cls"]) == 0
+    assert capsys.readouterr().out.strip() == f"[visionkit] report: s3://{BUCKET}/reports/cls/report.html"
+    page = tmp_path / "report.html"
+    page.write_bytes(client.get_object(Bucket=BUCKET, Key="reports/cls/report.html")["Body"].read())
+    check_page(page)
+    assert f"from s3://{BUCKET}/reports/cls." in page.read_text()
 
 
 def test_data_that_is_gone_leaves_the_rest_of_the_page(runs, tmp_path, capsys):

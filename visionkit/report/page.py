@@ -92,11 +92,12 @@ _EXTERNAL_CSS = re.compile(r"url\(\s*['\"]?(?!data:|#)", re.I)
 
 
 def external_reference(fragment: str) -> Optional[str]:
-    """The first reference in ``fragment`` to something outside the page, or None."""
+    """What in ``fragment`` refers to something outside the page (``src=``, ``url(``...), or None.
+    The address itself is not repeated: the page names no network location."""
     found = _EXTERNAL.search(fragment) or _EXTERNAL_CSS.search(fragment)
     if found is None:
         return None
-    return fragment[found.start():found.start() + 60].split(">")[0]
+    return re.split(r"[\s=(]", found.group(0).strip(), maxsplit=1)[0].lower()
 
 
 def _slug(title: str, used: set[str]) -> str:
@@ -226,8 +227,8 @@ def render(run, task_sections: Iterable[ReportSection], version: str) -> str:
     for section in task_sections:
         found = external_reference(section.html)
         if found is not None:
-            body = (f'<p class="error">Left out: this section refers to something outside the page '
-                    f'({esc(found)}); plugins embed images with visionkit.report.blocks.img.</p>')
+            body = (f'<p class="error">Left out: this section refers to something outside the page (a {esc(found)} '
+                    'reference); a plugin embeds its images with visionkit.report.blocks.img.</p>')
         else:
             body = section.html
         sections.append((section.title, body))
