@@ -138,7 +138,12 @@ def test_classification_report_names_the_mistakes(runs):
     assert "The same at every epoch, so not drawn:" in text and "val/num_images = 60" in text
     # 60 validation images: all scanned; every mistake shown has a predicted and a true class.
     assert "on all 60 validation images" in text
-    assert text.count("true: <b>") == min(12, int(re.search(r"(\d+) wrong", text).group(1)))
+    wrong = int(re.search(r"(\d+) wrong", text).group(1))
+    assert text.count("true: <b>") == min(12, wrong)
+    # The same checkpoint on the same images: the mistakes found are exactly what top-1 missed.
+    best = RunView(runs["classification"]).best
+    assert wrong == round((1 - best["top1"]) * 60)
+    assert int(re.search(r"best.pt \(epoch (\d+)\)", text).group(1)) == best["epoch"] + 1
 
 
 def test_report_command_rewrites_it_and_refuses_what_is_not_a_run(runs, tmp_path, capsys):

@@ -16,7 +16,7 @@ from visionkit.errors import UserError
 from visionkit.report import ReportSection, blocks
 
 #: validation images run through the best checkpoint to find its mistakes
-SCANNED = 512
+SCANNED = 256
 #: mistakes shown, most confident first
 SHOWN = 12
 #: thumbnails: small images are enlarged (whole pixels) to at least this side, large ones shrunk to it
