@@ -6,7 +6,7 @@ draw an uploaded image's result and show the server's error text for a bad file.
 
 Screenshots go to $VISIONKIT_ARTIFACTS (default tests/artifacts/). The README's are these,
 from a run trained long enough to find shapes:
-``VISIONKIT_BROWSER_EPOCHS=12 VISIONKIT_BROWSER_IMAGES=160 pytest tests/test_browser.py``
+``VISIONKIT_BROWSER_EPOCHS=10 VISIONKIT_BROWSER_IMAGES=160 pytest --timeout 0 tests/test_browser.py``
 (the default, 1 epoch on 16 images, keeps the test at a few seconds of training).
 """
 
@@ -278,7 +278,7 @@ def test_the_page_is_self_contained():
     assert "default-src 'none'" in page.CSP and "connect-src 'self'" in page.CSP
 
 
-def test_detection_page_draws_boxes_and_shows_server_errors(browser, detection_run, tmp_path):
+def test_detection_page_draws_boxes_and_shows_server_errors(detection_run, browser, tmp_path):
     with running_server(detection_run["model"], *LIMITS) as server:
         open_page(browser, server.url)
         check_loaded_cleanly(browser, server.url)
@@ -342,6 +342,20 @@ def test_classification_page_shows_top_k_bars(browser, tmp_path):
         screenshot(browser, "serve-classification")
         assert console_errors(browser) == []
 
+    # A body over --max-body-mb: the server's 413, not a dropped connection (Chromium sends it whole).
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(noise)
+    with running_server(model, *LIMITS, "--max-body-mb", "0.05") as server:
+        open_page(browser, server.url)
+        shown = upload(browser, noise)
+        body, ctype = multipart([("image", noise.name, noise.read_bytes(), "image/png")])
+        status, refused, _ = server.call("POST", "/predict", body, {"Content-Type": ctype})
+        limit = "bytes; this server takes at most 52,428"
+        assert status == 413 and refused["error"].endswith(limit)
+        assert shown["error"].startswith("413: request body of ") and shown["error"].endswith(limit), shown
+        assert console_errors(browser, allowed=("/predict - Failed to load resource: the server responded with a "
+                                                "status of 413",)) == []
+
 
 def test_segmentation_page_overlays_the_mask(browser, tmp_path):
     model = tiny_segmenter(tmp_path / "seg.onnx")
@@ -362,7 +376,7 @@ def test_segmentation_page_overlays_the_mask(browser, tmp_path):
         assert console_errors(browser) == []
 
 
-def test_report_page_renders(browser, detection_run):
+def test_report_page_renders(detection_run, browser):
     pytest.importorskip("visionkit.report", reason="visionkit.report is not there yet")
     from visionkit import cli
 

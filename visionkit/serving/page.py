@@ -156,15 +156,7 @@ async function predict() {
   $("run").disabled = true;
   showError("");
   const total = files.reduce((n, f) => n + f.size, 0);
-  const limits = meta && meta.server && meta.server.limits;
   try {
-    if (limits && total > limits.max_body_bytes) {
-      // refused before sending: a browser that uploads far past the limit only sees the connection close
-      showError(`413: ${files.length > 1 ? "these images are" : "this image is"} ${total.toLocaleString()} bytes; ` +
-                `this server takes at most ${limits.max_body_bytes.toLocaleString()} per request (--max-body-mb), so it was not sent`);
-      status("");
-      return;
-    }
     const body = new FormData();
     for (const f of files) body.append("image", f, f.name);
     const url = base + "predict" + query();
@@ -175,7 +167,8 @@ async function predict() {
       resp = await fetch(url, {method: "POST", body});
       text = await resp.text();
     } catch (e) {
-      showError(`The request did not complete (${e.message}); is the server still running?`);
+      showError(`The request did not complete (${e.message}): the server stopped, or closed the connection ` +
+                `before answering (a body far over its --max-body-mb can end so on a slow network)`);
       status("");
       return;
     }
@@ -191,7 +184,11 @@ async function predict() {
       return;
     }
     $("results").replaceChildren();
-    for (let i = 0; i < data.predictions.length; i++) await render(files[i], data.predictions[i]);
+    try {
+      for (let i = 0; i < data.predictions.length; i++) await render(files[i], data.predictions[i]);
+    } catch (e) {
+      showError(`The answer came (below) but drawing it failed: ${e.message}`);
+    }
     status(`${data.predictions.length} result${data.predictions.length > 1 ? "s" : ""} in ${ms} ms`);
   } finally {
     running = false;
