@@ -69,3 +69,17 @@ def test_builder_arguments_are_checked():
         build({"model": "m.onnx", "max_bacth": 8})
     with pytest.raises(ValidationError, match="model"):
         build({})
+
+
+def test_ray_serve_has_the_demo_page(serve_app):
+    """The replicas serve the same page and option list as `visionkit serve` (tests/test_browser.py drives it)."""
+    import urllib.request
+
+    from visionkit.serving import page
+
+    with urllib.request.urlopen(serve_app.url + "/", timeout=30) as resp:
+        assert resp.headers["Content-Type"].startswith("text/html")
+        assert resp.headers["Content-Security-Policy"] == page.CSP
+        assert resp.read().decode() == page.HTML
+    status, body, _ = serve_app.call("GET", "/options")
+    assert status == 200 and body["task"] == "classification" and [o["name"] for o in body["options"]] == ["top_k"]
