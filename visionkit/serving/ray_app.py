@@ -5,8 +5,9 @@
 
 Each replica loads the model once (one onnxruntime session, sized to the CPUs Ray gave the
 replica, not to the whole node) and answers with the same routes, bodies and limits as the
-single-box server; images of concurrent requests are micro-batched by default. The model path
-must be readable from every node (shared storage, or baked into the image). Ray's proxy
+single-box server (the demo page at ``/`` included); images of concurrent requests are
+micro-batched by default. The model path must be readable from every node (shared storage,
+or baked into the image). Ray's proxy
 spreads requests over replicas; the autoscaler adds replicas when each has more than
 ``target_ongoing_requests`` in flight.
 """
