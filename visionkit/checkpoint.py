@@ -9,6 +9,8 @@ Format history:
 2. no scheduler: the LR is a function of the fraction of training done (it survives a resume
    with another worker count or batch size); the optimizer always has two parameter groups
    (decay, no decay); ``plugin_config_version`` for plugins that change their config sections.
+   Later, without a new format (an older file simply lacks it): ``early_stopping``, the
+   ``train.early_stopping`` counter ({"best", "bad"}), or None.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ class Checkpoint:
     best: dict[str, Any] = field(default_factory=lambda: {"value": None, "epoch": None})
     format: int = FORMAT
     plugin_config_version: int = 1
+    early_stopping: Optional[dict[str, Any]] = None
 
     def to_state(self) -> dict[str, Any]:
         return {"format": self.format, "task": self.task, "classes": list(self.classes), "epoch": self.epoch,
                 "config": self.config, "model": self.model, "optimizer": self.optimizer, "scaler": self.scaler,
-                "best": self.best, "plugin_config_version": self.plugin_config_version}
+                "best": self.best, "plugin_config_version": self.plugin_config_version,
+                "early_stopping": self.early_stopping}
 
 
 def save(ckpt: Checkpoint, path: Path) -> None:
@@ -79,7 +83,8 @@ def from_state(state: Any, where: str) -> Checkpoint:
         where=where, task=state.get("task") or config.get("task"), classes=list(state["classes"]),
         epoch=int(state["epoch"]), config=config, model=state["model"], optimizer=state.get("optimizer"),
         scaler=state.get("scaler"), best=state.get("best") or {"value": None, "epoch": None},
-        format=version, plugin_config_version=int(state.get("plugin_config_version", 1)))
+        format=version, plugin_config_version=int(state.get("plugin_config_version", 1)),
+        early_stopping=state.get("early_stopping"))
 
 
 def upgraded_config(ckpt: Checkpoint, plugin, config: Optional[dict[str, Any]] = None) -> dict[str, Any]:

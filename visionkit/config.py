@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .plugin import Section, TaskPlugin
@@ -36,6 +36,15 @@ class SchedulerConfig(Section):
     gamma: float = Field(0.1, gt=0)
 
 
+class EarlyStoppingConfig(Section):
+    """Stop when the task's primary metric has not improved by more than ``min_delta`` for
+    ``patience`` evaluations in a row; the counter is saved in each checkpoint, so a resumed
+    run stops where an uninterrupted one would."""
+
+    patience: int = Field(ge=1, description="evaluations without an improvement")
+    min_delta: float = Field(0.0, ge=0, description="an improvement must exceed this, in the metric's units")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1, description="per worker")
@@ -48,6 +57,7 @@ class TrainConfig(Section):
     seed: int = 0
     loader_workers: int = Field(0, ge=0)
     progress: bool = True
+    early_stopping: Optional[EarlyStoppingConfig] = None
 
 
 class RayConfig(Section):
@@ -70,6 +80,29 @@ class OutputConfig(Section):
     s3_endpoint: Optional[str] = Field(None, description="an S3-compatible store, e.g. http://minio:9000")
 
 
+class TuneSchedulerConfig(Section):
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="asha: 1/reduction_factor of the trials go on at each rung")
+
+
+class TuneSection(Section):
+    """``visionkit tune``: the search over the rest of the config (``visionkit train`` ignores it).
+    ``space`` is checked against the task's config by :mod:`visionkit.tune.space`."""
+
+    space: dict[str, Any] = Field(description="config key -> {choice|uniform|loguniform|randint|grid: [...]}")
+    num_samples: int = Field(8, ge=1, description="trials (with grid: samples per grid point)")
+    max_concurrent_trials: Optional[int] = Field(None, ge=1, description="null: as many as fit on the cluster")
+    seed: int = Field(0, description="the searcher's seed (train.seed stays the training seed)")
+    scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
+    search: Literal["random", "optuna"] = "random"
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value  # `scheduler: asha`
+
+
 class Config(Section):
     task: str
     data: dict[str, Any] = {}
@@ -78,6 +111,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     ray: RayConfig = RayConfig()
     output: OutputConfig = OutputConfig()
+    tune: Optional[TuneSection] = None
 
 
 class TaskConfigs(BaseModel):
@@ -142,6 +176,9 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         ann = getattr(field, "annotation", None)
+        inner = [a for a in get_args(ann) if a is not type(None)]
+        if len(inner) == 1:  # Optional[Section]: its fields
+            ann = inner[0]
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:
@@ -205,6 +242,8 @@ def task_configs(cfg: Config, plugin: TaskPlugin, source: str, base: Path | None
 
 def resolved_dict(cfg: Config, tasks: TaskConfigs) -> dict[str, Any]:
     out = cfg.model_dump(mode="json")
+    if out.get("tune") is None:
+        out.pop("tune", None)  # only a search's config has one
     for name in ("data", "model", "loss"):
         out[name] = getattr(tasks, name).model_dump(mode="json")
     return out

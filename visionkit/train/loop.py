@@ -33,6 +33,7 @@ from ..plugin import Metric, TaskPlugin, check_metric_result
 from ..registry import get_plugin
 from ..storage import RunStore, is_remote
 from .context import LocalWorker, RayWorker
+from .early_stopping import EarlyStopping
 from .evalloader import build_val_loader
 from .optim import LRSchedule, build_optimizer, load_optimizer_state
 from .runlog import RunLog, scalars
@@ -210,6 +211,9 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
         if scaler.is_enabled() and restored.scaler:  # a run that turns fp16 on starts a fresh scaler
             scaler.load_state_dict(restored.scaler)
         start_epoch, best = restored.epoch + 1, restored.best
+    stopper = EarlyStopping.create(t.early_stopping, task.plugin.MetricClass.higher_is_better,
+                                   restored.early_stopping if restored else None, best["value"])
+    already_stopped = stopper is not None and stopper.stopped  # a resumed run that had stopped early
     placement = ctx.all_gather(ctx.describe())
     log = None
     if ctx.rank == 0:
@@ -224,8 +228,11 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
             store.push(run_dir)  # workers.json: where this attempt runs, for the driver's failure report
         if start_epoch:
             print(f"[visionkit] resuming at epoch {start_epoch + 1}/{t.epochs} from the checkpoint of epoch {start_epoch}", flush=True)
+        if already_stopped:
+            print(f"[visionkit] the run had stopped early at epoch {start_epoch}; nothing to train "
+                  "(raise train.early_stopping.patience to go on)", flush=True)
 
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(t.epochs if already_stopped else start_epoch, t.epochs):
         seed_everything(t.seed, epoch, ctx.rank)
         train_loader.sampler.set_epoch(epoch)
         tic = time.perf_counter()
@@ -253,6 +260,9 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
             improved = _is_better(metric, value, best["value"])
             if improved:
                 best = {"value": value, "epoch": epoch}
+            if stopper is not None:
+                stopper.update(value)
+        stopping = stopper is not None and stopper.stopped
         row["time_s"] = time.perf_counter() - tic
         # Wall-clock stamps, for time-to-accuracy and start-up benchmarks across processes.
         row["first_step_unix"], row["end_unix"] = first_step, time.time()
@@ -260,18 +270,22 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
         state_file = None
         if ctx.rank == 0:
             # Plots cost seconds while the other workers wait: every 5th epoch and the last.
-            log.epoch(row, result, plot=(epoch + 1) % 5 == 0 or epoch + 1 == t.epochs)
+            log.epoch(row, result, plot=(epoch + 1) % 5 == 0 or epoch + 1 == t.epochs or stopping)
             is_best = result is not None and best["epoch"] == epoch
             if is_best:  # before best.pt: a crash between the two never leaves eval_best.json behind it
                 log.best(result, epoch, metric.primary)
                 task.plugin.write_visuals(result, classes, log.plots)
             state_file = save_checkpoint(run_dir, task, classes, unwrap(model), optimizer, scaler, epoch, best,
-                                         is_best=is_best)
+                                         is_best=is_best, early_stopping=stopper.state() if stopper else None)
             if store is not None:
                 # Before Ray commits the checkpoint: the store never lags behind it.
                 store.push(run_dir)
             print(summary_line(row, t.epochs, metric, best), flush=True)
+            if stopping:
+                print(stopper.message(metric.primary, best), flush=True)
         ctx.report({"epoch": epoch, **{k: v for k, v in row.items() if isinstance(v, (int, float))}}, state_file)
+        if stopping:  # every worker saw the same merged metric: all leave here
+            break
     if log:
         log.close()
         if store is not None:
@@ -288,7 +302,7 @@ def summary_line(row: dict[str, Any], epochs: int, metric: Optional[Metric], bes
 
 
 def save_checkpoint(run_dir: Path, task: Task, classes, model, optimizer, scaler, epoch: int,
-                    best: dict[str, Any], is_best: bool) -> Path:
+                    best: dict[str, Any], is_best: bool, early_stopping: Optional[dict[str, Any]] = None) -> Path:
     """``last.pt`` atomically every epoch; ``best.pt`` a hard link to it when it is the best."""
     ckpt_dir = run_dir / "checkpoints"
     config = task.cfg.model_dump(mode="json") | {
@@ -296,7 +310,7 @@ def save_checkpoint(run_dir: Path, task: Task, classes, model, optimizer, scaler
     state = checkpoint.Checkpoint(
         where=str(ckpt_dir / "last.pt"), task=task.cfg.task, classes=classes, epoch=epoch, config=config,
         model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), best=best,
-        plugin_config_version=getattr(task.plugin, "config_version", 1))
+        plugin_config_version=getattr(task.plugin, "config_version", 1), early_stopping=early_stopping)
     last = ckpt_dir / "last.pt"
     checkpoint.save(state, last)
     if is_best:
