@@ -203,7 +203,8 @@ def _note_storage(run) -> None:
               "(NFS, a shared volume), or set output.storage_path to s3://...", flush=True)
 
 
-def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], max_failures: int) -> None:
+def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], max_failures: int,
+         callbacks: Optional[list] = None) -> None:
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -242,7 +243,8 @@ def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], m
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             # Worker prints go straight to stdout once, not also through Ray Train's logger.
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            callbacks=callbacks),
     )
     try:
         trainer.fit()
@@ -313,8 +315,9 @@ def _new_run(cfg: Config, source_path: Path):
 
 
 def train(config_path: Optional[str], overrides: list[str], resume: Optional[str] = None,
-          address: Optional[str] = None) -> Path | str:
-    """Runs (or continues) one training run; returns its directory (a URI for an object store)."""
+          address: Optional[str] = None, callbacks: Optional[list] = None) -> Path | str:
+    """Runs (or continues) one training run; returns its directory (a URI for an object store).
+    ``callbacks``: Ray Train callbacks (a Tune trial's reporter, :mod:`visionkit.tune.trial`)."""
     resumed = None
     if resume:
         run = _open_resumed(resume, overrides)
@@ -364,7 +367,7 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
     if cfg.ray.num_workers == 0:
         loop.local_train(job, cfg.ray.use_gpu)
     else:
-        _fit(loop.ray_train_entry, job, cfg, run, address or cfg.ray.address, cfg.ray.max_failures)
+        _fit(loop.ray_train_entry, job, cfg, run, address or cfg.ray.address, cfg.ray.max_failures, callbacks)
     print(final_summary(run, time.perf_counter() - tic), flush=True)
     _write_report(run)
     return run.uri if run.remote else run.local
