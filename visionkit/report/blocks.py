@@ -30,7 +30,7 @@ def png_bytes(image: ImageLike) -> tuple[bytes, tuple[int, int]]:
                 return image, img.size
             image = img.convert("RGB")
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG")  # optimize=True: 7x the time for 1% smaller
     return buf.getvalue(), image.size
 
 
