@@ -1,6 +1,8 @@
 """``ray.num_workers: auto`` against the cluster's nodes: one worker per CPU node holding its
 CPUs, one per GPU with its share; explicit counts as written."""
 
+import os
+
 import pytest
 
 from visionkit.config import RayConfig
@@ -43,3 +45,16 @@ def test_num_workers_accepts_auto_or_a_count_and_nothing_else():
     for bad in ("many", -1):
         with pytest.raises(ConfigError, match="ray.num_workers|num_workers"):
             validate_section(RayConfig, {"num_workers": bad}, "c", prefix="ray")
+
+
+def test_the_embedded_ray_runs_its_workers_at_normal_priority():
+    """Ray's default (nice 15) let any other busy process take most of the CPU from the training;
+    a plain PyTorch script keeps its share, and so must the demo."""
+    import subprocess
+    import sys
+
+    code = ("import os, ray\nfrom visionkit.train.launch import init_ray\ninit_ray(None, 1)\n"
+            "print('nice', ray.get(ray.remote(lambda: os.nice(0)).remote()))\nray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_worker_niceness", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert f"nice {os.nice(0)}" in out.stdout, out.stdout + out.stderr[-2000:]
