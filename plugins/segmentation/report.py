@@ -17,7 +17,7 @@ from visionkit.errors import UserError
 from visionkit.report import ReportSection, blocks
 
 from .data import IGNORE_INDEX
-from .visuals import overlay, palette
+from .visuals import palette
 
 SCANNED = 64
 SHOWN = 6
@@ -57,11 +57,21 @@ def image_iou(target: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
 
 
+def tint(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """The mask's class colours over a pale grey copy of the image: on colourful images a tint
+    over the pixels themselves hides which class is where. Class 0 stays pale, ignore is white."""
+    pale = (image.astype(np.float32).mean(axis=2, keepdims=True) * 0.5 + 110).repeat(3, axis=2)
+    labelled = (mask > 0) & (mask < len(colours))
+    pale[labelled] = (1 - alpha) * pale[labelled] + alpha * colours[mask[labelled]]
+    pale[mask == IGNORE_INDEX] = 255
+    return pale.clip(0, 255).astype(np.uint8)
+
+
 def triplet(image: np.ndarray, target: np.ndarray, pred: np.ndarray, colours: np.ndarray):
-    """[image | truth | prediction] in one picture, the masks tinted over the image."""
+    """[image | truth | prediction] in one picture."""
     from PIL import Image
 
-    tiles = [image, overlay(image, target, colours), overlay(image, pred, colours)]
+    tiles = [image, tint(image, target, colours), tint(image, pred, colours)]
     h, w = image.shape[:2]
     side = max(h, w)
     if side < MIN_SIDE:
@@ -112,5 +122,5 @@ def _triplets(run) -> str:
                                      caption_html=caption))
     legend = blocks.swatches([(name, tuple(colours[i])) for i, name in enumerate(classes) if i > 0])
     note = blocks.note("Each image's IoU is the mean over the classes in its truth or its prediction; "
-                       f"{classes[0]} is left clear, ignored pixels are grey.")
+                       f"{classes[0]} is pale grey, ignored pixels white.")
     return blocks.paragraph(summary) + note + legend + blocks.gallery(figures, wide=True)
