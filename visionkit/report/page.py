@@ -68,6 +68,7 @@ footer{color:#777;font-size:.8rem;margin-top:18px}
 @media (max-width:560px){
  body{font-size:14px} main{padding:6px 6px 30px} section{padding:8px 10px 12px;border-radius:6px}
  dl.facts{grid-template-columns:1fr;gap:0} dl.facts dd{margin-bottom:6px}
+ table.bars td.extra{white-space:normal;font-size:.8rem}
 }
 """
 

@@ -182,11 +182,11 @@ class RunView:
         indices = self.sample_indices(limit)
         size = batch_size or min(32, int((self.config.get("train") or {}).get("batch_size", 8)))
         keys = [plugin.eval_size_key(dataset, i) for i in indices]
-        with torch.inference_mode():
-            for members in same_size_batches(indices, keys, size):
-                batch = plugin.collate([dataset[i] for i in members])
-                outputs = plugin.predict(model, _to_device(batch, self.device))
-                yield members, batch, _to_cpu(outputs)
+        for members in same_size_batches(indices, keys, size):
+            batch = plugin.collate([dataset[i] for i in members])
+            with torch.inference_mode():  # not across the yield: the caller's code runs outside it
+                outputs = _to_cpu(plugin.predict(model, _to_device(batch, self.device)))
+            yield members, batch, outputs
 
     # --- summaries for the page ---------------------------------------------------------------
     def parameter_count(self) -> Optional[int]:
