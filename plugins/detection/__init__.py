@@ -6,13 +6,6 @@ torch, so the training side (torch) is loaded only when one of its names is aske
 ``visionkit_plugins.detection.DetectionPlugin`` still works, as before.
 """
 
-import importlib
+from visionkit.lazy import forward_to
 
-
-def __getattr__(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    try:
-        return getattr(importlib.import_module(f"{__name__}.plugin"), name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = forward_to(f"{__name__}.plugin")
