@@ -35,6 +35,22 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    from .tune.search import tune
+
+    if not args.config and not args.resume:
+        raise UserError("tune: give a CONFIG file with a tune: section, or --resume TUNE_DIR")
+    overrides = list(args.overrides)
+    config = args.config
+    if args.resume and config and "=" in config:
+        overrides.insert(0, config)
+        config = None
+    elif args.resume and config:
+        raise UserError("tune: give either a CONFIG file or --resume TUNE_DIR, not both")
+    tune(config, overrides, resume=args.resume, address=args.address)
+    return 0
+
+
 def _cmd_eval(args) -> int:
     import json
 
@@ -300,6 +316,15 @@ def build_parser(predict_model=None) -> argparse.ArgumentParser:
     p.add_argument("--debug-local", action="store_true",
                    help="run the loop in this process, without Ray workers: tracebacks and breakpoints work")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("tune", help="search hyperparameters on Ray Tune (the config's tune: section), each trial "
+                       "a whole run on Ray workers of its own")
+    p.add_argument("config", nargs="?", help="a config with a tune: section")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. tune.num_samples=16")
+    p.add_argument("--resume", metavar="TUNE_DIR", help="finish a stopped search (a directory, or s3://bucket/prefix/NAME); "
+                   "finished trials are not run again")
+    p.add_argument("--address", help="Ray cluster address, HOST:PORT of the head (default: $RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("eval", help="evaluate a run's best checkpoint (or a .pt file) and write JSON")
     p.add_argument("target", help="RUN_DIR, CHECKPOINT.pt or MODEL.onnx (an exported model, run by onnxruntime)")

@@ -1,0 +1,180 @@
+"""``tune.space``: config keys mapped to distributions, checked before anything starts.
+
+A space is written against the task's config (``train.optimizer.lr: {loguniform: [1e-4, 1e-2]}``),
+so its keys are checked against the resolved config (every default spelled out): a key the
+task does not have, a distribution with bad bounds, or a value the config would refuse is one
+line naming the key, before Ray starts. The Ray Tune domains are built only at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from ..errors import ConfigError
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
+# Set by visionkit tune itself, the same for every trial.
+FIXED = {
+    "task": "every trial trains the same task",
+    "tune": "the search cannot search itself",
+    "output": "each trial's run directory is placed under the tune directory",
+    "ray": "every trial gets the same workers and resources (set ray.* outside tune.space)",
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str  # a dotted config key
+    kind: str  # one of DISTRIBUTIONS
+    args: tuple  # choice/grid: the values; the others: (low, high)
+
+    def candidates(self) -> list[Any]:
+        """Values the config must accept: every choice, or both ends of a range."""
+        if self.kind in ("choice", "grid"):
+            return list(self.args)
+        low, high = self.args
+        return [low, high - 1] if self.kind == "randint" else [low, high]
+
+    def domain(self):
+        from ray import tune
+
+        if self.kind == "choice":
+            return tune.choice(list(self.args))
+        if self.kind == "grid":
+            return tune.grid_search(list(self.args))
+        return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[self.kind](*self.args)
+
+    def describe(self) -> str:
+        return f"{self.key} {self.kind}{list(self.args)}"
+
+
+# YAML 1.2 floats that PyYAML (YAML 1.1) reads as strings: 1e-4, 3E+2 (it wants 1.0e-4).
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml12(value: Any) -> Any:
+    """``{loguniform: [1e-4, 1e-2]}`` as written: numbers, not the strings PyYAML makes of them."""
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()) else value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _param(key: str, spec: Any, where: str) -> Param:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"{where}: expected one distribution, as {{{'|'.join(DISTRIBUTIONS)}: [...]}} "
+                          f"(e.g. {{loguniform: [1e-4, 1e-2]}}), got {spec!r}")
+    kind, args = next(iter(spec.items()))
+    if kind not in DISTRIBUTIONS:
+        close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: unknown distribution {kind!r}{hint}; allowed: {', '.join(DISTRIBUTIONS)}")
+    where = f"{where}.{kind}"
+    if not isinstance(args, list):
+        raise ConfigError(f"{where}: expected a list, got {args!r}")
+    args = [_yaml12(a) for a in args]
+    if kind in ("choice", "grid"):
+        if not args:
+            raise ConfigError(f"{where}: empty; give at least one value")
+        return Param(key, kind, tuple(args))
+    if len(args) != 2 or not all(_number(a) for a in args):
+        raise ConfigError(f"{where}: expected [low, high], two numbers, got {args!r}")
+    low, high = args
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise ConfigError(f"{where}: expected [low, high], two integers (high excluded), got {args!r}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}: bounds must be > 0 (it samples log(value)), got {args!r}")
+    if not low < high:
+        raise ConfigError(f"{where}: expected low < high, got {args!r}")
+    return Param(key, kind, (low, high))
+
+
+def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted key of a config, sections included."""
+    keys = []
+    for name, value in config.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        if isinstance(value, dict):
+            keys += flat_keys(value, f"{key}.")
+    return keys
+
+
+def set_key(config: dict[str, Any], key: str, value: Any) -> None:
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def parse_space(space: Any, config: dict[str, Any], validate: Callable[[dict[str, Any]], None],
+                asha: bool = False, optuna: bool = False) -> list[Param]:
+    """Checks ``tune.space`` against ``config`` (the resolved config a trial starts from).
+
+    ``validate`` raises :class:`ConfigError` for a config the task refuses; it is called with
+    every candidate value in place, so ``train.batch_size: {choice: [0, 8]}`` fails here, not
+    in a trial an hour later."""
+    if not isinstance(space, dict) or not space:
+        raise ConfigError("tune.space: empty; map at least one config key to a distribution, "
+                          "e.g. train.optimizer.lr: {loguniform: [1e-4, 1e-2]}")
+    known = flat_keys(config)
+    params = []
+    for key, spec in space.items():
+        where = f"tune.space.{key}"
+        top = str(key).split(".")[0]
+        if top in FIXED:
+            raise ConfigError(f"{where}: {top}.* cannot be searched: {FIXED[top]}")
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.7)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: not a key of the {config.get('task')} config{hint}")
+        if asha and key == "train.epochs":
+            raise ConfigError(f"{where}: with scheduler asha every trial runs up to the same train.epochs "
+                              "(ASHA's max_t); search train.epochs with scheduler fifo")
+        param = _param(key, spec, where)
+        if optuna and param.kind == "grid":
+            raise ConfigError(f"{where}: grid is not supported by search optuna (Optuna samples); use choice")
+        if optuna and param.kind == "choice" and not all(v is None or isinstance(v, (bool, int, float, str))
+                                                         for v in param.args):
+            raise ConfigError(f"{where}: search optuna can only choose between single values "
+                              f"(numbers, strings, booleans), got {list(param.args)!r}")
+        for value in param.candidates():
+            trial = copy.deepcopy(config)
+            set_key(trial, key, value)
+            try:
+                validate(trial)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: the value {value!r} does not fit the config: {exc}") from None
+        params.append(param)
+    return params
+
+
+def trial_config(config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with a trial's sampled ``values`` (dotted keys) in place."""
+    out = copy.deepcopy(config)
+    for key, value in values.items():
+        set_key(out, key, value)
+    return out
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def check_optuna_installed() -> Optional[str]:
+    """None when Optuna can be imported, else the one-line reason."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        return ("tune.search: optuna needs the optuna package, which is not installed: "
+                "pip install 'visionkit[tune-optuna]' (or set tune.search: random)")
+    return None

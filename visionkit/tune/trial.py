@@ -1,0 +1,151 @@
+"""One Tune trial: a whole visionkit training run, on Ray Train workers of its own.
+
+The pattern the Ray documentation gives for Train V2 inside Tune: the trial function is the
+Train *driver* (it asks for no CPU itself) and runs ``TorchTrainer.fit()`` through
+:func:`visionkit.train.launch.train`, exactly as ``visionkit train`` does. The workers report to
+Ray Train; :class:`ReportToTrial`, a callback inside the run's controller, hands each evaluated
+epoch to the trial function, which reports it to Tune with ``ray.tune.report``.
+
+Stopping: when Tune's scheduler stops the trial, ``ray.tune.report`` does not return (it ends
+the trial function with ``SystemExit``, Tune's contract for function trainables). The trial then
+aborts its Train run the way Ray Train's own Ctrl-C handler does (``controller.abort``: workers
+shut down, placement group removed) before the trial actor goes, so the run stops within a
+moment and its CPUs are free for the next trial.
+
+A trial writes a normal run directory, ``TUNE_DIR/trials/<trial id>``; a trial started again
+(``visionkit tune --resume``, or Tune retrying it) continues that run from its ``last.pt``, and
+one whose run had already finished only reports its last result again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from ray.train import UserCallback
+
+EPOCHS = "epochs"  # the result key ASHA counts in: epochs done
+
+
+class ReportToTrial(UserCallback):
+    """Runs in the Train controller: hands rank 0's evaluated epochs, with the controller's own
+    handle (to abort the run if Tune stops the trial), to the trial function. Epochs without an
+    evaluation (``train.eval_every``) have nothing for the scheduler."""
+
+    def __init__(self, queue, primary: str):
+        self.queue, self.primary = queue, primary
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        import ray
+
+        result = tune_result(metrics[0], self.primary)  # every rank reports the same merged values
+        if result is not None:
+            # Blocks while the trial has not taken the previous one: Tune sees every epoch.
+            self.queue.put((result, ray.get_runtime_context().current_actor))
+
+
+def tune_result(row: dict[str, Any], primary: str) -> Optional[dict[str, Any]]:
+    """What a trial reports to Tune for one epoch's row (of ``metrics.jsonl`` or of the report)."""
+    key = f"val/{primary}"
+    if key not in row:
+        return None
+    return {EPOCHS: int(row["epoch"]) + 1, primary: float(row[key]), "train_loss": float(row["train/loss"])}
+
+
+def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
+    """The Tune trainable. ``config``: the trial's sampled values by dotted key; ``job``: what
+    every trial shares (the base config, where trial runs go, the primary metric)."""
+    from ray import tune
+    from ray.util.queue import Empty, Queue
+
+    from ..storage import open_run
+
+    trial_id = tune.get_context().get_trial_id()
+    run = open_run(job["trials"], trial_id, job.get("s3_endpoint"))
+    resume = run.exists("checkpoints/last.pt")
+    if resume and _finished(run):
+        _report_last(run, job["primary"])
+        return
+    results = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    callbacks = [ReportToTrial(results, job["primary"])]
+    outcome: dict[str, BaseException] = {}
+
+    def train() -> None:
+        try:
+            _train(run, resume, config, job, trial_id, callbacks)
+        except BaseException as exc:  # noqa: BLE001  (raised again in the trial's own thread)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=train, name=f"visionkit-trial-{trial_id}", daemon=True)
+    thread.start()
+    controller = None
+    try:
+        while True:
+            try:
+                result, controller = results.get(timeout=1)
+            except Empty:
+                if not thread.is_alive() and results.empty():
+                    break
+                continue
+            tune.report(result)  # ends this function (SystemExit) once Tune stops the trial
+    except BaseException:
+        if controller is not None and thread.is_alive():
+            _abort(controller)
+        raise
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _train(run, resume: bool, config: dict[str, Any], job: dict[str, Any], trial_id: str, callbacks) -> None:
+    from ..train import launch
+    from .space import trial_config
+
+    if resume:
+        launch.train(None, [], resume=run.uri, callbacks=callbacks)
+        return
+    raw = trial_config(job["base"], config)
+    raw["output"].update(storage_path=job["trials"], name=trial_id)
+    with tempfile.TemporaryDirectory(prefix="visionkit-trial-") as tmp:
+        path = Path(tmp) / f"{trial_id}.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        launch.train(str(path), [], callbacks=callbacks)
+
+
+def _abort(controller) -> None:
+    """Ray Train's graceful abort (what its Ctrl-C handler calls): workers and placement group go."""
+    import ray
+
+    try:
+        ray.get(controller.abort.remote(), timeout=60)
+    except Exception:  # noqa: BLE001  (the controller exits as it aborts; a dead one is as good)
+        pass
+
+
+def _finished(run) -> bool:
+    """The run trained its last epoch, or early stopping ended it."""
+    from ..train.launch import _read_resumed
+
+    ckpt = _read_resumed(run)
+    train = ckpt.config.get("train") or {}
+    stopping = train.get("early_stopping")
+    stopped = bool(stopping and ckpt.early_stopping and ckpt.early_stopping.get("bad", 0) >= stopping["patience"])
+    return ckpt.epoch + 1 >= int(train.get("epochs", 0)) or stopped
+
+
+def _report_last(run, primary: str) -> None:
+    from ray import tune
+
+    results = [r for r in (tune_result(row, primary) for row in read_rows(run)) if r is not None]
+    if results:
+        tune.report(results[-1])
+
+
+def read_rows(run) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl rows (local or in an object store)."""
+    from ..train.runlog import METRICS_FILE, parse_metrics
+
+    return parse_metrics(run.read_bytes(METRICS_FILE).decode()) if run.exists(METRICS_FILE) else []
