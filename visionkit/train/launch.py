@@ -69,7 +69,9 @@ def _check_reachable(address: str) -> None:
                         "check the host and port, or start one with `ray start --head`") from None
 
 
-def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
+def init_ray(address: Optional[str], num_cpus: Optional[int] = None, dashboard: bool = False) -> None:
+    """``dashboard``: start the embedded Ray with its dashboard (Ray's state API), which Ray Train's
+    placement-group cleaner needs when a run's controller is killed (a Tune trial stopped early)."""
     import logging
 
     import ray
@@ -99,7 +101,7 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
         # for: at 15 it ran at a fraction of the CPU beside any other busy process, where a plain
         # PyTorch script keeps its share. A user who wants it in the background sets the variable.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=dashboard,
                  object_store_memory=256 * 1024**2, logging_level=logging.WARNING,
                  runtime_env={"worker_process_setup_hook": "visionkit.train.raylogs.quiet"})
 
