@@ -174,7 +174,7 @@ def _run(search: Search, tune_dir, restore: bool, address: Optional[str]):
     from ..train.launch import init_ray
     from ..train.layout import cluster_nodes, resolve
     from .results import TrialTable
-    from .trial import run_trial
+    from .trial import trainable
 
     cfg, t = search.cfg, search.cfg.tune
     init_ray(address, dashboard=True)
@@ -189,8 +189,7 @@ def _run(search: Search, tune_dir, restore: bool, address: Optional[str]):
     # The trial is only the Train driver: no CPU (its Train workers ask for theirs), so trials
     # fit side by side as workers x resources_per_worker allow. Tune refuses an empty request:
     # the driver asks for the memory it holds (torch and the task plugin imported).
-    trainable = ray_tune.with_resources(ray_tune.with_parameters(run_trial, job=job),
-                                        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+    trial = ray_tune.with_resources(trainable(job), {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
     root, filesystem = tune_dir.ray_storage()
     tune_path = f"{root}/{tune_dir.name}"  # inside ``filesystem`` for an object store
     trials = t.num_samples * math.prod(len(p.args) for p in search.params if p.kind == "grid")
@@ -204,11 +203,11 @@ def _run(search: Search, tune_dir, restore: bool, address: Optional[str]):
     if restore:
         print(f"[visionkit] tune: resuming {tune_dir.uri}: finished trials are kept, the others continue "
               "from their last checkpoint", flush=True)
-        tuner = ray_tune.Tuner.restore(f"{tune_path}/{STATE_DIR}", trainable=trainable, resume_unfinished=True,
+        tuner = ray_tune.Tuner.restore(f"{tune_path}/{STATE_DIR}", trainable=trial, resume_unfinished=True,
                                        resume_errored=True, storage_filesystem=filesystem)
         return tuner.fit()
     tuner = ray_tune.Tuner(
-        trainable,
+        trial,
         param_space={p.key: p.domain() for p in search.params},
         tune_config=ray_tune.TuneConfig(
             metric=search.primary, mode=search.mode, num_samples=t.num_samples,

@@ -6,11 +6,12 @@ Train *driver* (it asks for no CPU itself) and runs ``TorchTrainer.fit()`` throu
 Ray Train; :class:`ReportToTrial`, a callback inside the run's controller, hands each evaluated
 epoch to the trial function, which reports it to Tune with ``ray.tune.report``.
 
-Stopping: when Tune's scheduler stops the trial, ``ray.tune.report`` does not return (it ends
-the trial function with ``SystemExit``, Tune's contract for function trainables). The trial then
-aborts its Train run the way Ray Train's own Ctrl-C handler does (``controller.abort``: workers
-shut down, placement group removed) before the trial actor goes, so the run stops within a
-moment and its CPUs are free for the next trial.
+Stopping: when Tune's scheduler stops a trial it calls the trial actor's ``stop()`` and then lets
+the actor go, and with it the Train controller the actor owns. Killed that way, the controller
+would leave its workers' placement group (their CPUs) behind unless Ray's state API is there
+for Ray Train's cleaner. So :func:`trainable`'s ``cleanup`` (run by ``stop()``) first aborts the
+Train run the way Ray Train's own Ctrl-C handler does (``controller.abort``: workers shut down,
+placement group removed): the run stops at once and the next trial gets its CPUs.
 
 A trial writes a normal run directory, ``TUNE_DIR/trials/<trial id>``; a trial started again
 (``visionkit tune --resume``, or Tune retrying it) continues that run from its ``last.pt``, and
@@ -55,6 +56,34 @@ def tune_result(row: dict[str, Any], primary: str) -> Optional[dict[str, Any]]:
     return {EPOCHS: int(row["epoch"]) + 1, primary: float(row[key]), "train_loss": float(row["train/loss"])}
 
 
+# The running Train run of this process (one trial per actor: reuse_actors is off).
+_ACTIVE: dict[str, Any] = {}
+
+
+def trainable(job: dict[str, Any]) -> type:
+    """The Tune trainable: :func:`run_trial` with ``job``, as Tune's function trainable class,
+    whose ``cleanup`` aborts a Train run still going when Tune stops the trial."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    def visionkit_trial(config: dict[str, Any]) -> None:
+        run_trial(config, job)
+
+    class VisionkitTrial(wrap_function(visionkit_trial)):
+        def cleanup(self) -> None:
+            abort_active_run()
+            super().cleanup()
+
+    return VisionkitTrial
+
+
+def abort_active_run() -> None:
+    """Aborts this process's Train run if it is still going (module-level, so that the pickled
+    trainable above reaches this module's ``_ACTIVE``, not a copy of it)."""
+    thread, controller = _ACTIVE.get("thread"), _ACTIVE.get("controller")
+    if controller is not None and thread is not None and thread.is_alive():
+        _abort(controller)
+
+
 def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     """The Tune trainable. ``config``: the trial's sampled values by dotted key; ``job``: what
     every trial shares (the base config, where trial runs go, the primary metric)."""
@@ -80,21 +109,16 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
             outcome["error"] = exc
 
     thread = threading.Thread(target=train, name=f"visionkit-trial-{trial_id}", daemon=True)
+    _ACTIVE.update(thread=thread, controller=None)
     thread.start()
-    controller = None
-    try:
-        while True:
-            try:
-                result, controller = results.get(timeout=1)
-            except Empty:
-                if not thread.is_alive() and results.empty():
-                    break
-                continue
-            tune.report(result)  # ends this function (SystemExit) once Tune stops the trial
-    except BaseException:
-        if controller is not None and thread.is_alive():
-            _abort(controller)
-        raise
+    while True:
+        try:
+            result, _ACTIVE["controller"] = results.get(timeout=1)
+        except Empty:
+            if not thread.is_alive() and results.empty():
+                break
+            continue
+        tune.report(result)  # does not return once Tune has stopped the trial
     thread.join()
     if "error" in outcome:
         raise outcome["error"]

@@ -1,0 +1,126 @@
+"""visionkit tune on the session's Ray (2 CPUs): MLP trials of one Ray worker each, two at a time,
+each a whole run with its own directory. Two searches: an ASHA one run in this process, and one
+whose driver is SIGKILLed and resumed. (The two-node search is in test_cluster.py.)"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from visionkit.train import launch
+from visionkit.train.runlog import read_metrics
+from visionkit.tune.search import tune
+
+from conftest import REPO, cls_overrides, run_cli
+
+CONFIG = str(REPO / "configs" / "classification" / "shapes.yaml")
+
+
+def search_overrides(root: Path, runs: Path, name: str, space: dict, scheduler: str, epochs: int, **extra):
+    """A grid search (a fixed set of trials, in order) on the fast MLP config, one trial per value."""
+    space = yaml.safe_dump(space, default_flow_style=True).strip()
+    return cls_overrides(root, runs, name, **{"ray.num_workers": 1, "train.epochs": epochs, "tune.space": space,
+                                              "tune.scheduler": scheduler, "tune.num_samples": 1,
+                                              "tune.max_concurrent_trials": 2, **extra})
+
+
+def results(tune_dir: Path) -> list[dict]:
+    with open(tune_dir / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_an_asha_search_stops_trials_early_and_its_best_config_trains_the_same(ray_cluster, shapes_cls, tmp_path):
+    """4 trials of 8 epochs, ASHA rungs at epochs 1, 2 and 4. After one epoch the two tiny learning
+    rates are at top-1 0.23 and 0.27, the other two at 0.33 and 0.37, and they start only once
+    those two have reported it: ASHA stops them at its first rung, and their Train runs end
+    there (within the seconds a result takes to reach Tune: an epoch here lasts about one)."""
+    import ray
+
+    lrs = [0.002, 0.003, 1e-6, 1e-5]
+    tune_dir = tune(CONFIG, search_overrides(shapes_cls, tmp_path, "search", {"train.optimizer.lr": {"grid": lrs}},
+                                             "{name: asha, grace_period: 1, reduction_factor: 2}", epochs=8))
+    rows = results(tune_dir)
+    assert sorted(float(r["train.optimizer.lr"]) for r in rows) == sorted(lrs)  # one trial per value
+    for row in rows:
+        run = Path(row["run_dir"])
+        assert run.parent == tune_dir / "trials" and row["trial"] == run.name
+        # A normal run directory, trained with its own value (not all trials the same run).
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["train"]["optimizer"]["lr"] == float(row["train.optimizer.lr"])
+        assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+        assert [m["epoch"] for m in read_metrics(run)] == list(range(int(row["epochs"])))
+    stopped = [r for r in rows if r["status"] == "stopped by asha"]
+    assert {float(r["train.optimizer.lr"]) for r in stopped} >= {1e-6, 1e-5}, rows
+    assert all(int(r["epochs"]) < 8 for r in stopped)
+    # The stopped trials' Train runs are over (aborted, not left running), and their CPUs free.
+    counts = {r["trial"]: len(read_metrics(Path(r["run_dir"]))) for r in stopped}
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"], ray.available_resources()
+    assert counts == {r["trial"]: len(read_metrics(Path(r["run_dir"]))) for r in stopped}
+    assert (tune_dir / "plots" / "trials.png").stat().st_size > 1000
+
+    # results.csv is best first; best.yaml is that trial's config, trained again as a new run.
+    best = rows[0]
+    assert best["best_top1"] == str(max(float(r["best_top1"]) for r in rows))
+    text = (tune_dir / "best.yaml").read_text()
+    assert f"best trial of {tune_dir}: {best['trial']}" in text
+    run = launch.train(str(tune_dir / "best.yaml"), [])
+    assert run.parent == tmp_path and run.name.startswith("best-")
+    epoch = int(best["best_epoch"]) - 1
+    again, trial = read_metrics(run)[epoch], read_metrics(Path(best["run_dir"]))[epoch]
+    assert again["val/top1"] == float(best["best_top1"]) == trial["val/top1"]
+    assert again["train/loss"] == trial["train/loss"]
+
+
+def test_a_killed_search_resumes_without_running_finished_trials_again(ray_cluster, shapes_cls, tmp_path):
+    """Two trials side by side, of 1 and 10 epochs (an epoch lasts about a second). The tune driver
+    is SIGKILLed once the short one has finished (its report.html written) while the long one has
+    a checkpoint; --resume continues the long one from it, and does not touch the finished one."""
+    args = search_overrides(shapes_cls, tmp_path, "killed", {"train.epochs": {"grid": [1, 10]}}, "fifo", epochs=10)
+    driver = subprocess.Popen([sys.executable, "-m", "visionkit.cli", "tune", CONFIG, *args, "--address", ray_cluster],
+                              cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    tune_dir = tmp_path / "killed"
+
+    def trial(epochs: int) -> Path | None:
+        for config in tune_dir.glob("trials/*/config.yaml"):
+            if yaml.safe_load(config.read_text())["train"]["epochs"] == epochs:
+                return config.parent
+        return None
+
+    def short_done_long_midway() -> bool:
+        short, long = trial(1), trial(10)
+        return bool(short and (short / "report.html").exists() and long and (long / "checkpoints" / "last.pt").exists())
+
+    try:
+        deadline = time.time() + 400
+        while not short_done_long_midway() and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.stdout.read()
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait(30)
+    short, long = trial(1), trial(10)
+    done_before = len(read_metrics(long))
+    assert done_before < 10, "the long trial finished before the kill"
+    before = ((short / "metrics.jsonl").read_bytes(), (short / "workers.json").read_bytes(),
+              (short / "report.html").stat().st_mtime_ns)
+
+    proc = run_cli("tune", "--resume", str(tune_dir), "--address", ray_cluster, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming" in proc.stdout
+    rows = {r["trial"]: r for r in results(tune_dir)}
+    assert {r["status"] for r in rows.values()} == {"finished"}, rows
+    assert [m["epoch"] for m in read_metrics(long)] == list(range(10))  # every epoch once
+    attempts = json.loads((long / "workers.json").read_text())["attempts"]
+    assert len(attempts) == 2 and attempts[1]["start_epoch"] >= 1  # from its checkpoint, not from scratch
+    assert ((short / "metrics.jsonl").read_bytes(), (short / "workers.json").read_bytes(),
+            (short / "report.html").stat().st_mtime_ns) == before
