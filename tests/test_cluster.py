@@ -4,6 +4,8 @@ server) on loopback. Tiny data and the MLP, a few epochs: each test checks one t
 user relies on. ``pytest -m cluster`` selects them; they also run in the default suite.
 """
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -158,6 +160,34 @@ def test_losing_a_node_restarts_on_the_remaining_one(cluster, shapes_cls, tmp_pa
     assert {w["node_id"] for w in attempts[1]["workers"]} == {cluster.head_id}
     resumed = next(r for r in rows if r["epoch"] == attempts[1]["start_epoch"])
     print(f"\nnode loss: first step again {resumed['first_step_unix'] - killed_at:.1f}s after the raylet was killed")
+
+
+def test_a_search_runs_trials_on_both_nodes_with_its_tune_directory_in_an_object_store(cluster, s3, shapes_cls, tmp_path):
+    """visionkit tune on the cluster: three trials of one 1-CPU worker, all three at once (the head
+    has 2 CPUs, the other node 1), so Ray Tune's trials run on both nodes; the tune directory,
+    every trial's run included, is in S3."""
+    endpoint, client = s3
+    cluster.start_node()
+    args = [str(CONFIG), *cls_overrides(shapes_cls, tmp_path, "search", **{
+        "ray.num_workers": 1, "train.epochs": 2, "tune.space": "{train.optimizer.lr: {grid: [0.002, 0.003, 0.005]}}",
+        "tune.num_samples": 1, "output.storage_path": f"s3://{BUCKET}/tune", "output.s3_endpoint": endpoint}),
+        "--address", cluster.address]
+    proc = run_cli("tune", *args, timeout=600, env={**AWS_ENV, **CLIENT})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "up to 3 at a time (3 fit the cluster)" in proc.stdout
+    rows = list(csv.DictReader(io.StringIO(s3_text(client, "tune/search/results.csv"))))
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"finished"}, rows
+    nodes = set()
+    for row in rows:
+        prefix = f"tune/search/trials/{row['trial']}"
+        assert row["run_dir"] == f"s3://{BUCKET}/{prefix}"
+        assert epochs_in(s3_text(client, f"{prefix}/metrics.jsonl")) == [0, 1]
+        assert s3_has(client, f"{prefix}/checkpoints/best.pt") and s3_has(client, f"{prefix}/config.yaml")
+        nodes |= {w["node_id"] for w in json.loads(s3_text(client, f"{prefix}/workers.json"))["attempts"][-1]["workers"]}
+    assert nodes == {cluster.head_id, cluster.node_id}
+    for name in ("tune.yaml", "best.yaml", "plots/trials.png", "ray_tune/tuner.pkl"):
+        assert s3_has(client, f"tune/search/{name}"), name
+    assert not (tmp_path / "search").exists()  # nothing of the search on the driver's disk
 
 
 def test_no_room_for_the_workers_ends_with_one_line_not_a_hang(cluster, shapes_cls, tmp_path):
