@@ -45,6 +45,14 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0, description="an improvement must exceed this, in the metric's units")
 
 
+class EMAConfig(Section):
+    """An exponential moving average of the weights, evaluated and saved in their place
+    (:mod:`visionkit.train.ema`); its state is in each checkpoint, so a resume is exact."""
+
+    decay: float = Field(0.999, gt=0, lt=1, description="per optimizer step; the window is 1 / (1 - decay) steps")
+    warmup_steps: int = Field(1000, ge=0, description="optimizer steps over which the window grows to its full length")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1, description="per worker")
@@ -58,6 +66,8 @@ class TrainConfig(Section):
     loader_workers: int = Field(0, ge=0)
     progress: bool = True
     early_stopping: Optional[EarlyStoppingConfig] = None
+    ema: Optional[EMAConfig] = None
+    sync_bn: bool = Field(False, description="BatchNorm statistics over all workers' batches (under DDP)")
 
 
 class RayConfig(Section):
