@@ -10,7 +10,11 @@ Format history:
    with another worker count or batch size); the optimizer always has two parameter groups
    (decay, no decay); ``plugin_config_version`` for plugins that change their config sections.
    Later, without a new format (an older file simply lacks it): ``early_stopping``, the
-   ``train.early_stopping`` counter ({"best", "bad"}), or None.
+   ``train.early_stopping`` counter ({"best", "bad"}), or None; ``weights``, what ``model``
+   holds: "trained" (the optimizer's weights; absent means this) or "ema" (``train.ema``'s
+   average, which eval, export, the report and ``model.weights`` use), the optimizer's weights
+   then in ``trained_model`` and the average's update count in ``ema`` ({"updates", "decay",
+   "warmup_steps"}) for a resume.
 """
 
 from __future__ import annotations
@@ -40,12 +44,16 @@ class Checkpoint:
     format: int = FORMAT
     plugin_config_version: int = 1
     early_stopping: Optional[dict[str, Any]] = None
+    weights: str = "trained"
+    trained_model: Optional[dict[str, Any]] = None
+    ema: Optional[dict[str, Any]] = None
 
     def to_state(self) -> dict[str, Any]:
         return {"format": self.format, "task": self.task, "classes": list(self.classes), "epoch": self.epoch,
                 "config": self.config, "model": self.model, "optimizer": self.optimizer, "scaler": self.scaler,
                 "best": self.best, "plugin_config_version": self.plugin_config_version,
-                "early_stopping": self.early_stopping}
+                "early_stopping": self.early_stopping, "weights": self.weights,
+                "trained_model": self.trained_model, "ema": self.ema}
 
 
 def save(ckpt: Checkpoint, path: Path) -> None:
@@ -84,7 +92,8 @@ def from_state(state: Any, where: str) -> Checkpoint:
         epoch=int(state["epoch"]), config=config, model=state["model"], optimizer=state.get("optimizer"),
         scaler=state.get("scaler"), best=state.get("best") or {"value": None, "epoch": None},
         format=version, plugin_config_version=int(state.get("plugin_config_version", 1)),
-        early_stopping=state.get("early_stopping"))
+        early_stopping=state.get("early_stopping"), weights=state.get("weights") or "trained",
+        trained_model=state.get("trained_model"), ema=state.get("ema"))
 
 
 def upgraded_config(ckpt: Checkpoint, plugin, config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
