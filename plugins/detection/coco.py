@@ -36,6 +36,9 @@ class ImageRecord:
     boxes: np.ndarray  # (n, 4) float32 xyxy in pixels: training targets, cleaned
     labels: np.ndarray  # (n,) int64 in 0..K-1
     gt: list[dict[str, Any]] = field(default_factory=list)  # evaluation ground truth, label space
+    #: what states width/height, for messages ("x.json: image id 3", "Annotations/x.xml"); None:
+    #: the size was read from the image's own header (YOLO)
+    size_from: str | None = None
 
 
 @dataclass
@@ -63,6 +66,7 @@ class CocoSplit:
     category_ids: list[int]  # label k <-> category_ids[k]
     records: list[ImageRecord]
     counts: BoxCounts
+    format: str = "coco"  # the reader that made it: coco, yolo or voc
 
 
 def _fail(ann_file: Path, where: str, problem: str) -> DataError:
@@ -95,8 +99,14 @@ def load_json(ann_file: Path) -> dict[str, Any]:
         coco = json.loads(ann_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{ann_file}: not valid JSON ({exc})") from None
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) or not isinstance(coco.get("annotations", []), list):
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise DataError(f"{ann_file}: not a COCO instances file (expected 'images' and 'annotations' lists)")
+    if not isinstance(coco.get("annotations"), list):
+        # Without the key every image would train as background: a file cut short, or an image
+        # list (image_info_*.json) given where the instances file belongs.
+        got = "missing" if "annotations" not in coco else f"a {type(coco['annotations']).__name__}, not a list"
+        raise DataError(f"{ann_file}: field 'annotations': {got}; a COCO instances file lists its boxes there "
+                        "(write \"annotations\": [] for a set that truly has no objects)")
     return coco
 
 
@@ -203,31 +213,66 @@ def read_split(ann_file: Path, image_dir: Path, min_box_size: float, keep_empty:
             who = f"annotation id {anns[0]['id']} (image id {image_id})" if anns else f"image id {image_id} (no annotations)"
             raise _fail(ann_file, f"{who} field 'file_name'", f"image file {path} not found")
 
-    counts, records = BoxCounts(), []
+    entries = []
     for image_id, img in images.items():
+        objects = [RawObject(ann["id"], tuple(float(v) for v in ann["bbox"]), label_of[ann["category_id"]],
+                             crowd=int(ann.get("iscrowd", 0)), area=float(ann["area"]) if "area" in ann else None)
+                   for ann in per_image[image_id]]
+        entries.append(RawImage(image_id, image_dir / img["file_name"], img["width"], img["height"], objects,
+                                f"{ann_file}: image id {image_id}"))
+    records, counts = assemble(entries, min_box_size, keep_empty, str(ann_file))
+    return CocoSplit(ann_file, image_dir, names, cat_ids, records, counts)
+
+
+@dataclass
+class RawObject:
+    """One annotated object as a reader found it, before cleaning: what every format parses into."""
+
+    id: int
+    xywh: tuple[float, float, float, float]  # pixels, as written (may be outside the image)
+    label: int  # 0..K-1
+    crowd: int = 0  # left out of training, an ignore region in evaluation (COCO iscrowd)
+    ignore_in_eval: bool = False  # trained on, an ignore region in evaluation (VOC difficult)
+    area: float | None = None
+
+
+@dataclass
+class RawImage:
+    id: int
+    file: Path
+    width: int
+    height: int
+    objects: list[RawObject]
+    size_from: str | None = None
+
+
+def assemble(entries: list[RawImage], min_box_size: float, keep_empty: bool, source: str) -> tuple[list[ImageRecord], BoxCounts]:
+    """Raw images -> records with both views of their boxes (see the module's docstring), and
+    what cleaning did, logged once for ``source``. Shared by the COCO, YOLO and VOC readers."""
+    counts, records = BoxCounts(), []
+    for img in entries:
         boxes, labels, gt = [], [], []
-        for ann in per_image[image_id]:
-            label = label_of[ann["category_id"]]
-            crowd = int(ann.get("iscrowd", 0))
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            gt.append({"id": ann["id"], "bbox": [x, y, w, h], "category_id": label + 1, "iscrowd": crowd,
-                       "area": float(ann["area"]) if "area" in ann else w * h})
-            if crowd:
+        for obj in img.objects:
+            x, y, w, h = obj.xywh
+            gt.append({"id": obj.id, "bbox": [x, y, w, h], "category_id": obj.label + 1,
+                       "iscrowd": int(bool(obj.crowd or obj.ignore_in_eval)),
+                       "area": obj.area if obj.area is not None else w * h})
+            if obj.crowd:
                 counts.crowd += 1
                 continue
-            box = _clean_box(ann["bbox"], img["width"], img["height"], min_box_size, counts)
+            box = _clean_box(obj.xywh, img.width, img.height, min_box_size, counts)
             if box is not None:
                 boxes.append(box)
-                labels.append(label)
+                labels.append(obj.label)
         if not boxes and not keep_empty:
             counts.empty_images_dropped += 1
             continue
         records.append(ImageRecord(
-            id=image_id, file=image_dir / img["file_name"], width=img["width"], height=img["height"],
+            id=img.id, file=img.file, width=img.width, height=img.height,
             boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-            labels=np.asarray(labels, dtype=np.int64), gt=gt))
+            labels=np.asarray(labels, dtype=np.int64), gt=gt, size_from=img.size_from))
     if counts.clipped or counts.degenerate or counts.outside or counts.empty_images_dropped:
-        log.warning("%s: %s", ann_file, counts.summary())
+        log.warning("%s: %s", source, counts.summary())
     else:
-        log.info("%s: %s", ann_file, counts.summary())
-    return CocoSplit(ann_file, image_dir, names, cat_ids, records, counts)
+        log.info("%s: %s", source, counts.summary())
+    return records, counts

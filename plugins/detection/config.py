@@ -20,12 +20,22 @@ from .models import MODEL_NAMES
 
 
 class DataConfig(Section):
-    format: Literal["coco"] = Field("coco", description="COCO instances JSON, read directly")
+    format: Literal["coco", "yolo", "voc", "auto"] = Field(
+        "coco", description="coco: instances JSON; yolo: Ultralytics txt labels + data.yaml; voc: Pascal VOC XML; "
+                            "auto: whichever of the three layouts data.root holds (an error if several)")
     root: Path = Field(..., description="dataset root; relative to the working directory")
-    train_images: str = "images/train"
-    train_annotations: str = "annotations/instances_train.json"
-    val_images: str = "images/val"
-    val_annotations: str = "annotations/instances_val.json"
+    train_images: str = Field("images/train", description="format: coco")
+    train_annotations: str = Field("annotations/instances_train.json", description="format: coco")
+    val_images: str = Field("images/val", description="format: coco")
+    val_annotations: str = Field("annotations/instances_val.json", description="format: coco")
+    yolo_yaml: str = Field("data.yaml", description="format: yolo: names, train and val image folders")
+    voc_annotations: str = Field("Annotations", description="format: voc: the XML folder")
+    voc_images: str = Field("JPEGImages", description="format: voc")
+    voc_train_list: str = Field("ImageSets/Main/train.txt", description="format: voc: image ids, one per line")
+    voc_val_list: str = Field("ImageSets/Main/val.txt", description="format: voc")
+    classes: Optional[list[str]] = Field(
+        None, description="format: voc: class names in label order (default: the sorted object names of the "
+                          "train split's files)")
     keep_empty_images: bool = Field(
         True, description="train split: keep images without (non-crowd) boxes as negatives; "
                           "the val split always keeps every image, as COCO evaluation does")

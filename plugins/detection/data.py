@@ -60,7 +60,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _image(self, rec: ImageRecord) -> np.ndarray:
         img = load_rgb(rec.file)
         if img.shape[:2] != (rec.height, rec.width):
-            raise DataError(f"{self.split.ann_file}: image id {rec.id} fields 'width'/'height': say "
+            where = rec.size_from or f"{self.split.ann_file}: image id {rec.id}"
+            raise DataError(f"{where} fields 'width'/'height': say "
                             f"{rec.width}x{rec.height} but {rec.file} is {img.shape[1]}x{img.shape[0]}")
         return img
 
@@ -95,17 +96,85 @@ def eval_size_key(dataset: DetectionDataset, index: int) -> tuple[int, int] | No
     return rec.width, rec.height
 
 
-def build_dataset(cfg: DataConfig, split: str, categories: tuple[list[int], list[str]] | None = None) -> DetectionDataset:
-    if split not in ("train", "val"):
-        raise ConfigError(f"detection: unknown split {split!r} (expected train or val)")
+#: what each format's layout has at data.root, for format: auto (and its messages)
+_LAYOUTS = {"coco": "{train_annotations}", "yolo": "{yolo_yaml}", "voc": "{voc_annotations}/ + {voc_train_list}"}
+
+
+def resolve_format(cfg: DataConfig) -> str:
+    """``data.format``, with ``auto`` resolved from what data.root holds (a few stat calls)."""
+    if cfg.format != "auto":
+        return cfg.format
     root = cfg.root
+    found = []
+    if (root / cfg.train_annotations).is_file():
+        found.append("coco")
+    if (root / cfg.yolo_yaml).is_file():
+        found.append("yolo")
+    if (root / cfg.voc_annotations).is_dir() and (root / cfg.voc_train_list).is_file():
+        found.append("voc")
+    fields = cfg.model_dump()
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        looked = "; ".join(f"{_LAYOUTS[f].format(**fields)} ({f})" for f in _LAYOUTS)
+        raise DataError(f"{root}: data.format: auto found no detection dataset here; looked for {looked}")
+    shown = ", ".join(f"{f} ({_LAYOUTS[f].format(**fields)})" for f in found)
+    raise ConfigError(f"data.format: auto: {root} holds more than one layout: {shown}; set data.format to one of them")
+
+
+def read_categories(cfg: DataConfig) -> tuple[list[int], list[str]]:
+    """(category ids, class names) of the train split, without reading every annotation where the
+    format allows: the label mapping every split and the exported model use."""
+    fmt = resolve_format(cfg)
+    if fmt == "coco":
+        return read_categories_only(cfg.root / cfg.train_annotations)
+    if fmt == "yolo":
+        from . import yolo
+
+        names = yolo.read_names(cfg.root / cfg.yolo_yaml)
+        return list(range(len(names))), names
+    from . import voc
+
+    names = list(cfg.classes) if cfg.classes else voc.read_classes(cfg.root / cfg.voc_annotations,
+                                                                   cfg.root / cfg.voc_train_list)
+    return list(range(1, len(names) + 1)), names
+
+
+def read_split_of(cfg: DataConfig, split: str, categories: tuple[list[int], list[str]] | None = None) -> CocoSplit:
+    """The split's records, whatever the format."""
+    fmt = resolve_format(cfg)
+    if cfg.classes and fmt != "voc":
+        raise ConfigError(f"data.classes: applies to format: voc only (format {fmt}: the class names come from "
+                          f"{'data.yaml names' if fmt == 'yolo' else 'the categories of the COCO file'})")
+    keep_empty = cfg.keep_empty_images or split == "val"
+    root = cfg.root
+    if fmt == "yolo":
+        from . import yolo
+
+        return yolo.read_split(root / cfg.yolo_yaml, split, cfg.min_box_size, keep_empty)
+    if fmt == "voc":
+        from . import voc
+
+        if cfg.classes:
+            names, origin = list(cfg.classes), "in data.classes"
+        else:
+            names = (categories or read_categories(cfg))[1]
+            origin = "among the train split's object names (list every class in data.classes)"
+        list_file = root / (cfg.voc_train_list if split == "train" else cfg.voc_val_list)
+        return voc.read_split(root / cfg.voc_annotations, root / cfg.voc_images, list_file, names, origin,
+                              cfg.min_box_size, keep_empty)
     if split == "val" and categories is None:
         # The label mapping is the train split's: read its categories (cheap, no image checks).
         categories = read_categories_only(root / cfg.train_annotations)
     images = root / (cfg.train_images if split == "train" else cfg.val_images)
     ann_file = root / (cfg.train_annotations if split == "train" else cfg.val_annotations)
-    coco = read_split(ann_file, images, cfg.min_box_size, keep_empty=cfg.keep_empty_images or split == "val",
-                      categories=categories)
+    return read_split(ann_file, images, cfg.min_box_size, keep_empty=keep_empty, categories=categories)
+
+
+def build_dataset(cfg: DataConfig, split: str, categories: tuple[list[int], list[str]] | None = None) -> DetectionDataset:
+    if split not in ("train", "val"):
+        raise ConfigError(f"detection: unknown split {split!r} (expected train or val)")
+    coco = read_split_of(cfg, split, categories)
     specs = cfg.train_transforms if split == "train" else cfg.val_transforms
     where = f"data.{split}_transforms"
     pipeline = bbox_pipeline(specs, where, cfg.min_visibility, cfg.min_area) if specs else None

@@ -34,7 +34,7 @@ from torchvision.ops import boxes as box_ops
 
 from visionkit.plugin import Exporter, ExportOptions, ExportPlan, resize_steps
 
-from .coco import read_categories_only
+from .data import read_categories
 
 OUTPUTS = ["boxes", "scores", "labels", "num_detections"]
 #: fp32 parity: every PyTorch detection has an ONNX one of the same class at this IoU
@@ -285,7 +285,7 @@ class DetectionExporter(Exporter):
     """A detector with NMS inside the graph: ``boxes``, ``scores``, ``labels``, ``num_detections``."""
 
     def plan(self, model: nn.Module, classes: list[str], sections: Any, options: ExportOptions) -> ExportPlan:
-        category_ids, _ = read_categories_only(sections.data.root / sections.data.train_annotations)
+        category_ids, _ = read_categories(sections.data)
         cfg = sections.model
         dense = is_dense(model)
         graph = DenseDetectorGraph(model) if dense else PerImageDetectorGraph(model, cfg.detections_per_img)

@@ -83,17 +83,27 @@ def classification(out: Path, num_train: int = 1600, num_val: int = 400, size: i
     return out
 
 
+#: the detection layouts ``scenes`` writes (see README "Bring your own data")
+SCENE_FORMATS = ("coco", "yolo", "voc")
+
+
 def scenes(out: Path, num_train: int = 400, num_val: int = 100, size: int = 128, seed: int = 0,
-           max_shapes: int = 4) -> Path:
+           max_shapes: int = 4, format: str = "coco") -> Path:
+    """``format``: coco (instances JSON + semantic mask PNGs), yolo (Ultralytics txt labels and
+    data.yaml) or voc (Pascal VOC XML); the same images and boxes for the same seed."""
     from pycocotools import mask as mask_utils
 
+    if format not in SCENE_FORMATS:
+        raise ValueError(f"format {format!r}: expected one of {', '.join(SCENE_FORMATS)}")
     out = Path(out)
     rng = np.random.default_rng(seed)
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]
     ann_id = 1
     for split, count in (("train", num_train), ("val", num_val)):
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "masks" / split).mkdir(parents=True, exist_ok=True)
+        image_dir = out / ("JPEGImages" if format == "voc" else "images" / Path(split))
+        image_dir.mkdir(parents=True, exist_ok=True)
+        if format == "coco":
+            (out / "masks" / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(count):
             img = _background(rng, size)
@@ -118,8 +128,9 @@ def scenes(out: Path, num_train: int = 400, num_val: int = 100, size: int = 128,
                 semantic[inside] = CLASSES.index(kind) + 1
                 kinds.append(kind)
             file_name = f"{split}_{i:05d}.png"
-            img.save(out / "images" / split / file_name)
-            Image.fromarray(semantic).save(out / "masks" / split / file_name)
+            img.save(image_dir / file_name)
+            if format == "coco":
+                Image.fromarray(semantic).save(out / "masks" / split / file_name)
             image_id = i + 1
             images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
             for k, kind in enumerate(kinds, start=1):
@@ -135,8 +146,39 @@ def scenes(out: Path, num_train: int = 400, num_val: int = 100, size: int = 128,
                     "segmentation": rle,
                 })
                 ann_id += 1
-        (out / "annotations").mkdir(parents=True, exist_ok=True)
         coco = {"images": images, "annotations": annotations, "categories": categories}
-        (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
-    (out / "classes.txt").write_text("\n".join(["background", *CLASSES]) + "\n")
+        if format == "coco":
+            (out / "annotations").mkdir(parents=True, exist_ok=True)
+            (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+        else:
+            _write_other(out, split, coco, format)
+    if format == "coco":
+        (out / "classes.txt").write_text("\n".join(["background", *CLASSES]) + "\n")
+    elif format == "yolo":
+        (out / "data.yaml").write_text("# written by visionkit data synth scenes --format yolo\n"
+                                       "path: .\ntrain: images/train\nval: images/val\n"
+                                       f"names: [{', '.join(CLASSES)}]\n")
     return out
+
+
+def _write_other(out: Path, split: str, coco: dict, format: str) -> None:
+    """One split's boxes in YOLO or VOC files (the detection plugin's own writers)."""
+    from visionkit_plugins.detection import voc, yolo
+
+    per_image: dict[int, list[dict]] = {img["id"]: [] for img in coco["images"]}
+    for ann in coco["annotations"]:
+        per_image[ann["image_id"]].append(ann)
+    ids = []
+    for img in coco["images"]:
+        anns = per_image[img["id"]]
+        stem = Path(img["file_name"]).stem
+        if format == "yolo":
+            yolo.write_labels(out / "labels" / split / f"{stem}.txt",
+                              [(a["category_id"] - 1, a["bbox"]) for a in anns], img["width"], img["height"])
+        else:
+            voc.write_annotation(out / "Annotations" / f"{stem}.xml", img["file_name"], img["width"], img["height"],
+                                 [(CLASSES[a["category_id"] - 1], a["bbox"]) for a in anns])
+            ids.append(stem)
+    if format == "voc":
+        (out / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+        (out / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in ids))
