@@ -244,12 +244,27 @@ def _cmd_synth(args) -> int:
     from .data import synth
 
     out = Path(args.out)
+    if args.kind == "classification" and args.format != "coco":
+        raise UserError(f"data synth classification: --format {args.format} applies to scenes (classification "
+                        "data is an ImageFolder tree)")
     if args.kind == "classification":
         synth.classification(out, args.num_train or 1600, args.num_val or 400, args.size or 32, args.seed)
     else:
-        synth.scenes(out, args.num_train or 400, args.num_val or 100, args.size or 128, args.seed)
-    print(f"[visionkit] wrote {args.kind} shapes data to {out}")
+        synth.scenes(out, args.num_train or 400, args.num_val or 100, args.size or 128, args.seed, format=args.format)
+    print(f"[visionkit] wrote {args.kind} shapes data to {out}" + (f" ({args.format})" if args.kind == "scenes" else ""))
     return 0
+
+
+def _cmd_data_check(args) -> int:
+    from .datacheck.commands import run_check
+
+    return run_check(args.config, list(args.overrides), args.limit, args.decode)
+
+
+def _cmd_data_show(args) -> int:
+    from .datacheck.commands import run_show
+
+    return run_show(args.config, list(args.overrides), args.output, args.split, args.augmented, args.n)
 
 
 def _cmd_mnist(args) -> int:
@@ -371,7 +386,7 @@ def build_parser(predict_model=None) -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list the installed task plugins and where they come from")
     p.set_defaults(func=_cmd_plugins)
 
-    p = sub.add_parser("data", help="built-in data: synthetic shapes, MNIST files")
+    p = sub.add_parser("data", help="check or look at a config's data; built-in data: synthetic shapes, MNIST files")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     s = data_sub.add_parser("synth", help="write the synthetic shapes data set (deterministic by seed)")
     s.add_argument("kind", choices=["classification", "scenes"],
@@ -381,7 +396,26 @@ def build_parser(predict_model=None) -> argparse.ArgumentParser:
     s.add_argument("--num-val", type=int)
     s.add_argument("--size", type=int, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["coco", "yolo", "voc"], default="coco",
+                   help="scenes: coco (instances JSON + mask PNGs), yolo (Ultralytics txt + data.yaml) or voc (XML)")
     s.set_defaults(func=_cmd_synth)
+    c = data_sub.add_parser("check", help="check a config's dataset before training: every annotation, image "
+                            "headers and sizes, duplicates, train/val overlap, class histogram (exit 2 on errors)")
+    c.add_argument("config", help="a training config")
+    c.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.root=/data/other")
+    c.add_argument("--limit", type=int, default=20000,
+                   help="images read per split, evenly spread, on larger sets (default 20000; 0: all)")
+    c.add_argument("--decode", action="store_true", help="decode every pixel too (slower; finds truncated JPEGs)")
+    c.set_defaults(func=_cmd_data_check)
+    w = data_sub.add_parser("show", help="draw a grid of samples with their labels (boxes, masks, classes)")
+    w.add_argument("config", help="a training config")
+    w.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    w.add_argument("-o", "--output", default="samples.png", help="PNG file (default samples.png)")
+    w.add_argument("--split", choices=["train", "val"], default="train")
+    w.add_argument("--augmented", action="store_true",
+                   help="through the split's transform: what the model sees (train: the training augmentation)")
+    w.add_argument("-n", type=int, default=16, help="samples, evenly spread over the split (default 16)")
+    w.set_defaults(func=_cmd_data_show)
     m = data_sub.add_parser("mnist", help="download the MNIST IDX files (the only command that downloads)")
     m.add_argument("out")
     m.add_argument("--mirror", default="https://ossci-datasets.s3.amazonaws.com/mnist")

@@ -121,6 +121,24 @@ class TaskPlugin(abc.ABC):
         :class:`visionkit.errors.DataError` naming the file for bad data.
         """
 
+    def check_data(self, dataset: Any, split: str) -> Any:
+        """For ``visionkit data check`` and the pre-flight of ``visionkit train``: a
+        :class:`visionkit.datacheck.SplitCheck` describing the built ``dataset``: each sample's
+        image file, the size its annotation states, its class labels, and findings of the task's
+        own (degenerate boxes...). The checker reads the images, counts classes and compares the
+        splits. The default knows no files: the full check loads samples through the dataset."""
+        from .datacheck import default_check
+
+        return default_check(dataset, split)
+
+    def draw_sample(self, dataset: Any, index: int, augmented: bool) -> Any:
+        """For ``visionkit data show``: ``(PIL image, caption)`` of sample ``index`` with its labels
+        drawn, as stored or (``augmented``) as ``dataset[index]`` gives it, through the split's
+        transform. The default draws ``dataset[index][0]`` without labels."""
+        from .datacheck.show import default_draw
+
+        return default_draw(dataset, index, augmented)
+
     def collate(self, samples: list) -> Any:
         return torch.utils.data.default_collate(samples)
 

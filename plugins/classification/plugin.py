@@ -31,6 +31,18 @@ class ClassificationPlugin(TaskPlugin):
     def build_dataset(self, data: DataConfig, split: str):
         return build_dataset(data, split)
 
+    def check_data(self, dataset, split: str):
+        """What ``visionkit data check`` reads and counts (check.py)."""
+        from .check import check_data
+
+        return check_data(dataset, split)
+
+    def draw_sample(self, dataset, index: int, augmented: bool):
+        """``visionkit data show``'s tile (check.py)."""
+        from .check import draw_sample
+
+        return draw_sample(dataset, index, augmented)
+
     def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig) -> torch.nn.Module:
         return build_model(model, len(classes), data.channels, data.model_input_size())
 

@@ -57,6 +57,18 @@ class DetectionPlugin(TaskPlugin):
     def build_dataset(self, data: DataConfig, split: str) -> _data.DetectionDataset:
         return _data.build_dataset(data, split)
 
+    def check_data(self, dataset, split: str):
+        """What ``visionkit data check`` reads and counts (check.py)."""
+        from .check import check_data
+
+        return check_data(dataset, split)
+
+    def draw_sample(self, dataset, index: int, augmented: bool):
+        """``visionkit data show``'s tile (check.py)."""
+        from .check import draw_sample
+
+        return draw_sample(dataset, index, augmented)
+
     def collate(self, samples: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
         return _data.collate(samples)
 

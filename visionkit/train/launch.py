@@ -42,12 +42,20 @@ def _check_devices(cfg: Config, source: str) -> None:
 def _preflight(plugin, sections, resumed: Optional[Checkpoint] = None) -> None:
     """Builds the datasets once here so that bad data fails in a second, not after Ray starts;
     a resumed run's classes must be the checkpoint's (a renamed folder would swap labels)."""
+    from ..datacheck import preflight
+    from ..datacheck.model import check_model
+
+    datasets = {}
     for split in ("train", "val"):
-        dataset = plugin.build_dataset(sections.data, split)
+        dataset = datasets[split] = plugin.build_dataset(sections.data, split)
         if len(dataset) == 0:
             raise UserError(f"data: the {split} split has no samples")
         if resumed is not None and split == "train":
             checkpoint.check_classes(resumed, dataset.classes, f"the training data ({getattr(sections.data, 'root', '')})")
+    # Image headers (a corrupt or empty file, a size unlike the annotation's) and the model a
+    # worker would build: both fail here, in one line, before Ray starts.
+    preflight(plugin, datasets)
+    check_model(plugin, sections, datasets["train"].classes)
 
 
 def _check_reachable(address: str) -> None:
