@@ -121,6 +121,13 @@ class TaskPlugin(abc.ABC):
         :class:`visionkit.errors.DataError` naming the file for bad data.
         """
 
+    def sample_classes(self, dataset: Any) -> Optional[list[Sequence[int]]]:
+        """For ``data.balanced_sampling`` (:mod:`visionkit.train.balanced`): the class indices
+        each training sample holds (one list per sample, empty for none), read from labels or
+        annotations, not by loading the images. None (the default): the task cannot say, and
+        balanced sampling is refused in one line."""
+        return None
+
     def check_data(self, dataset: Any, split: str) -> Any:
         """For ``visionkit data check`` and the pre-flight of ``visionkit train``: a
         :class:`visionkit.datacheck.SplitCheck` describing the built ``dataset``: each sample's

@@ -32,6 +32,8 @@ class DataConfig(Section):
     val_transforms: list[dict[str, Any]] = []
     on_corrupt: Literal["fail", "skip"] = "fail"
     cache_images: bool = Field(False, description="keep decoded images in memory (small datasets)")
+    balanced_sampling: bool = Field(False, description="draw each epoch's training samples so that classes come "
+                                    "up equally (an image counts for the rarest class it holds), with replacement")
 
     def model_input_size(self) -> int:
         """The side a fixed-input model (the MLP) is built for when image_size is not set."""

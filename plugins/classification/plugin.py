@@ -43,6 +43,12 @@ class ClassificationPlugin(TaskPlugin):
 
         return draw_sample(dataset, index, augmented)
 
+    def sample_classes(self, dataset) -> list[list[int]]:
+        """Each image's label (balanced sampling draws the classes equally)."""
+        if hasattr(dataset, "samples"):  # ImageFolder
+            return [[label] for _, label in dataset.samples]
+        return [[label] for label in dataset.labels.tolist()]  # MNIST
+
     def build_model(self, model: ModelConfig, classes: list[str], data: DataConfig) -> torch.nn.Module:
         return build_model(model, len(classes), data.channels, data.model_input_size())
 

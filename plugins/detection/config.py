@@ -49,6 +49,8 @@ class DataConfig(Section):
                                           "predictions map back to the original image exactly")
     min_visibility: float = Field(0.0, ge=0, le=1, description="albumentations BboxParams")
     min_area: float = Field(0.0, ge=0, description="albumentations BboxParams (pixels)")
+    balanced_sampling: bool = Field(False, description="draw each epoch's training samples so that classes come "
+                                    "up equally (an image counts for the rarest class it holds), with replacement")
 
 
 class ModelConfig(Section):

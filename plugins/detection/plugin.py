@@ -69,6 +69,10 @@ class DetectionPlugin(TaskPlugin):
 
         return draw_sample(dataset, index, augmented)
 
+    def sample_classes(self, dataset: _data.DetectionDataset) -> list[list[int]]:
+        """The classes of each image's training boxes (none for a negative), from the annotations."""
+        return [sorted(set(rec.labels.tolist())) for rec in dataset.split.records]
+
     def collate(self, samples: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
         return _data.collate(samples)
 

@@ -60,6 +60,8 @@ class DataConfig(Section):
                          "image sizes against the JSON), so bad data fails before training starts; false "
                          "leaves the same checks to each sample's first read")
     on_corrupt: Literal["error", "skip"] = "error"
+    balanced_sampling: bool = Field(False, description="draw each epoch's training samples so that classes come "
+                                    "up equally (an image counts for the rarest class it holds), with replacement")
 
     @field_validator("classes")
     @classmethod

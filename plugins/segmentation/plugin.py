@@ -43,6 +43,14 @@ class SegmentationPlugin(TaskPlugin):
 
         return draw_sample(dataset, index, augmented)
 
+    def sample_classes(self, dataset: SegmentationDataset) -> list[list[int]]:
+        """The classes present in each training mask (ignored pixels aside): every mask is read
+        once, in the driver's pre-flight and on each worker."""
+        import numpy as np
+
+        k = len(dataset.classes)  # IGNORE_INDEX (255) and stray values are no class
+        return [[int(c) for c in np.unique(dataset.source.mask(i)) if c < k] for i in range(len(dataset))]
+
     def collate(self, samples: list) -> Any:
         return collate(samples)
 

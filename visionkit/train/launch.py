@@ -52,6 +52,10 @@ def _preflight(plugin, sections, resumed: Optional[Checkpoint] = None) -> None:
             raise UserError(f"data: the {split} split has no samples")
         if resumed is not None and split == "train":
             checkpoint.check_classes(resumed, dataset.classes, f"the training data ({getattr(sections.data, 'root', '')})")
+        if split == "train" and getattr(sections.data, "balanced_sampling", False):
+            from .balanced import sample_classes
+
+            sample_classes(plugin, dataset)  # a task that cannot balance fails here, not on the workers
     # Image headers (a corrupt or empty file, a size unlike the annotation's) and the model a
     # worker would build: both fail here, in one line, before Ray starts.
     preflight(plugin, datasets)

@@ -91,7 +91,12 @@ class Task:
 
     def train_loader(self, dataset, rank: int, world_size: int) -> torch.utils.data.DataLoader:
         t = self.cfg.train
-        sampler = SeededSampler(dataset, t.seed, rank, world_size)
+        if getattr(self.sections.data, "balanced_sampling", False):
+            from .balanced import build_sampler
+
+            sampler = build_sampler(self.plugin, dataset, t.seed, rank, world_size)
+        else:
+            sampler = SeededSampler(dataset, t.seed, rank, world_size)
         if getattr(dataset, "random_samples", True):
             dataset = SeededSamples(dataset)
         else:  # a dataset without augmentation: the per-sample seed would cost more than reading the sample
