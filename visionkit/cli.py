@@ -291,6 +291,31 @@ def _cmd_mnist(args) -> int:
     return 0
 
 
+def _cmd_weights(args) -> int:
+    """torchvision's published weights in torch's cache: the one other command that downloads."""
+    from . import pretrained
+
+    if args.weights_command == "fetch":
+        path = pretrained.fetch(args.model, args.name, base=args.mirror)
+        print(f"[visionkit] {args.model} {args.name}: {path} (sha256 checked); on an air-gapped machine copy it into "
+              "$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints)")
+        return 0
+    print(f"weights cache: {pretrained.cache_dir()}")
+    for path, what in pretrained.cached_files():
+        print(f"  {path.name}  {path.stat().st_size / 1e6:.1f} MB  {what or '(no built-in model uses it)'}")
+    groups = pretrained.builtin_models()
+    for task, models in groups.items():
+        chosen = [m for m in models if not args.models or m in args.models]
+        if chosen:
+            print(f"{task} (model.pretrained: NAME; fetch with `visionkit weights fetch MODEL NAME`):")
+        for model in chosen:
+            print(f"  {pretrained.describe(model)}")
+    unknown = [m for m in args.models if not any(m in models for models in groups.values())]
+    for model in unknown:
+        print(f"model {model} has no published weights")
+    return 0
+
+
 def _input_size(text: str) -> list[int]:
     """--input-size: ``S`` or ``HxW``, positive integers."""
     parts = text.lower().replace("x", " ").split()
@@ -420,6 +445,19 @@ def build_parser(predict_model=None) -> argparse.ArgumentParser:
     m.add_argument("out")
     m.add_argument("--mirror", default="https://ossci-datasets.s3.amazonaws.com/mnist")
     m.set_defaults(func=_cmd_mnist)
+
+    p = sub.add_parser("weights", help="torchvision's published weights in torch's cache (model.pretrained): list "
+                       "them, or fetch them on a machine with a network")
+    weights_sub = p.add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND", required=True)
+    w = weights_sub.add_parser("list", help="what is cached, and the weights each built-in model offers")
+    w.add_argument("models", nargs="*", help="only these models (default: all)")
+    w.set_defaults(func=_cmd_weights)
+    w = weights_sub.add_parser("fetch", help="download a model's published weights into the cache, sha256 checked")
+    w.add_argument("model", help="a torchvision architecture, e.g. resnet50, fasterrcnn_resnet50_fpn")
+    w.add_argument("name", nargs="?", default="DEFAULT", help="its weights, e.g. IMAGENET1K_V2 (default DEFAULT)")
+    w.add_argument("--from", dest="mirror", metavar="URL",
+                   help="a mirror's base URL instead of torchvision's (default: $VISIONKIT_WEIGHTS_URL if set)")
+    w.set_defaults(func=_cmd_weights)
 
     p = sub.add_parser("serve", help="serve an exported .onnx model over HTTP (onnxruntime, no torch)")
     p.add_argument("model", help="MODEL.onnx (exported by visionkit export)")

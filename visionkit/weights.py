@@ -32,17 +32,35 @@ def read_state_dict(path: Path | str, field: str = "weights") -> dict[str, torch
     return state
 
 
+#: the policy, the same for every task and every source of initial weights (``model.weights``,
+#: ``model.pretrained``, a backbone's): tensors are matched by name and shape. Not strict (the
+#: default): what fits is loaded, and one line names the tensors that kept their initial values
+#: (a head for another class count is re-initialised this way). Strict: every tensor must fit.
+STRICT_DEFAULT = False
+
+
 def load_weights(module: nn.Module, path: Path | str, strict: bool, field: str = "weights",
                  add_prefix: str = "", strip_prefixes: Sequence[str] = ("",)) -> None:
-    """Loads ``path`` into ``module``.
+    """Loads the file ``path`` into ``module`` (see :func:`load_state`)."""
+    load_state(module, read_state_dict(path, field), strict, field, str(path), add_prefix, strip_prefixes)
+
+
+def _names(keys: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, field: str, where: str,
+               add_prefix: str = "", strip_prefixes: Sequence[str] = ("",)) -> None:
+    """Loads the tensors of ``state`` (read from ``where``) into ``module``.
 
     Keys are renamed first: the one of ``strip_prefixes`` under which most tensors fit is removed
     (a classifier's ``features.`` for a segmenter's backbone), then ``add_prefix`` is put in front
     (``backbone.`` to load a classifier into a detector). Strict: every tensor must fit, or a
     one-line error names the first that does not. Otherwise what fits is loaded and the rest
-    keeps its initial values, said in one line.
+    keeps its initial values, said in one line that names the skipped tensors.
     """
-    state = read_state_dict(path, field)
+    path = where
     own = module.state_dict()
 
     def renamed(prefix: str) -> dict[str, torch.Tensor]:
@@ -67,5 +85,6 @@ def load_weights(module: nn.Module, path: Path | str, strict: bool, field: str =
         raise ConfigError(f"model.{field}: {path}: no tensor matches {type(module).__name__} by name and shape")
     module.load_state_dict(match, strict=False)
     if len(match) < len(own):
-        print(f"[visionkit] model.{field}: loaded {len(match)} of {len(own)} tensors from {path}; the rest kept "
-              f"their initial values ({len(wrong)} of another shape, {len(missing)} not in the file)", flush=True)
+        skipped = wrong + [k for k in missing if k not in wrong]
+        print(f"[visionkit] model.{field}: loaded {len(match)} of {len(own)} tensors from {path}; {len(skipped)} kept their "
+              f"initial values ({len(wrong)} of another shape, {len(missing)} not in the file): {_names(skipped)}", flush=True)
