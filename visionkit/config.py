@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .plugin import Section, TaskPlugin
+from .tracking.settings import TrackingConfig
 
 
 class OptimizerConfig(Section):
@@ -122,6 +123,7 @@ class Config(Section):
     ray: RayConfig = RayConfig()
     output: OutputConfig = OutputConfig()
     tune: Optional[TuneSection] = None
+    tracking: Optional[TrackingConfig] = None  # experiment tracking (visionkit.tracking); off by default
 
 
 class TaskConfigs(BaseModel):
@@ -254,6 +256,8 @@ def resolved_dict(cfg: Config, tasks: TaskConfigs) -> dict[str, Any]:
     out = cfg.model_dump(mode="json")
     if out.get("tune") is None:
         out.pop("tune", None)  # only a search's config has one
+    if out.get("tracking") is None:
+        out.pop("tracking", None)  # only a tracked run's config has one
     for name in ("data", "model", "loss"):
         out[name] = getattr(tasks, name).model_dump(mode="json")
     return out
