@@ -32,8 +32,10 @@ from ..errors import UserError
 from ..plugin import Metric, TaskPlugin, check_metric_result
 from ..registry import get_plugin
 from ..storage import RunStore, is_remote
+from . import syncbn
 from .context import LocalWorker, RayWorker
 from .early_stopping import EarlyStopping
+from .ema import EMA, resume_weights
 from .evalloader import build_val_loader
 from .optim import LRSchedule, build_optimizer, load_optimizer_state
 from .runlog import RunLog, scalars
@@ -111,7 +113,8 @@ class Task:
         return build_val_loader(self.plugin, dataset, rank, world_size, t.batch_size, t.loader_workers)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, schedule: LRSchedule, scaler, task: Task, ctx, epoch: int):
+def train_one_epoch(model, loader, loss_fn, optimizer, schedule: LRSchedule, scaler, task: Task, ctx, epoch: int,
+                    ema: Optional[EMA] = None):
     t = task.cfg.train
     accum = t.grad_accum_steps
     model.train()
@@ -144,6 +147,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule: LRSchedule, sca
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(unwrap(model))
         n = task.plugin.batch_size_of(batch)
         images += n
         if bar is not None:
@@ -201,7 +206,8 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
     restored = ctx.restored_state()
     if restored is not None:
         checkpoint.check_classes(restored, classes, "the training data")
-    model = ctx.prepare_model(task.model(classes, initial_weights=restored is None))
+    model = task.model(classes, initial_weights=restored is None)
+    model = ctx.prepare_model(syncbn.apply(model, t.sync_bn, ctx.world_size, ctx.device, ctx.rank))
     loss_fn = task.plugin.build_loss(task.sections.loss, classes)
     train_loader = task.train_loader(train_set, ctx.rank, ctx.world_size)
     val_loader = task.val_loader(val_set, ctx.rank, ctx.world_size)
@@ -210,14 +216,16 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=t.amp == "fp16")
 
     start_epoch, best = 0, {"value": None, "epoch": None}
+    trained_weights, ema_weights = resume_weights(restored) if restored is not None else (None, None)
     if restored is not None:
-        unwrap(model).load_state_dict(restored.model)
+        unwrap(model).load_state_dict(trained_weights)
         load_optimizer_state(optimizer, restored.optimizer, t.optimizer)
         if scaler.is_enabled() and restored.scaler:  # a run that turns fp16 on starts a fresh scaler
             scaler.load_state_dict(restored.scaler)
         start_epoch, best = restored.epoch + 1, restored.best
     stopper = EarlyStopping.create(t.early_stopping, task.plugin.MetricClass.higher_is_better,
                                    restored.early_stopping if restored else None, best["value"])
+    ema = EMA.create(t.ema, unwrap(model), ema_weights, restored.ema if restored else None)
     already_stopped = stopper is not None and stopper.stopped  # a resumed run that had stopped early
     placement = ctx.all_gather(ctx.describe())
     log = None
@@ -233,6 +241,8 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
             store.push(run_dir)  # workers.json: where this attempt runs, for the driver's failure report
         if start_epoch:
             print(f"[visionkit] resuming at epoch {start_epoch + 1}/{t.epochs} from the checkpoint of epoch {start_epoch}", flush=True)
+        if ema is not None:
+            print(ema.describe(), flush=True)
         if already_stopped:
             print(f"[visionkit] the run had stopped early at epoch {start_epoch}; nothing to train "
                   "(raise train.early_stopping.patience to go on)", flush=True)
@@ -241,7 +251,7 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
         seed_everything(t.seed, epoch, ctx.rank)
         train_loader.sampler.set_epoch(epoch)
         tic = time.perf_counter()
-        sums, images, first_step = train_one_epoch(model, train_loader, loss_fn, optimizer, schedule, scaler, task, ctx, epoch)
+        sums, images, first_step = train_one_epoch(model, train_loader, loss_fn, optimizer, schedule, scaler, task, ctx, epoch, ema)
         train_time = time.perf_counter() - tic
         gathered = ctx.all_gather((sums, images))
         total_images = sum(n for _, n in gathered)
@@ -258,7 +268,10 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
         if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
             metric = task.plugin.build_metric(classes)
             ctx.sync_buffers(unwrap(model))
-            result = evaluate(unwrap(model), val_loader, task, metric, ctx)
+            evaluated = unwrap(model) if ema is None else ema.module
+            if ema is not None:
+                ctx.sync_buffers(ema.module)  # rank 0's average: the one saved
+            result = evaluate(evaluated, val_loader, task, metric, ctx)
             check_metric_result(metric, result, task.cfg.task)
             row.update({f"val/{k}": v for k, v in scalars(result).items()})
             value = float(result[metric.primary])
@@ -281,7 +294,8 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
                 log.best(result, epoch, metric.primary)
                 task.plugin.write_visuals(result, classes, log.plots)
             state_file = save_checkpoint(run_dir, task, classes, unwrap(model), optimizer, scaler, epoch, best,
-                                         is_best=is_best, early_stopping=stopper.state() if stopper else None)
+                                         is_best=is_best, early_stopping=stopper.state() if stopper else None,
+                                         ema=ema)
             if store is not None:
                 # Before Ray commits the checkpoint: the store never lags behind it.
                 store.push(run_dir)
@@ -307,15 +321,19 @@ def summary_line(row: dict[str, Any], epochs: int, metric: Optional[Metric], bes
 
 
 def save_checkpoint(run_dir: Path, task: Task, classes, model, optimizer, scaler, epoch: int,
-                    best: dict[str, Any], is_best: bool, early_stopping: Optional[dict[str, Any]] = None) -> Path:
-    """``last.pt`` atomically every epoch; ``best.pt`` a hard link to it when it is the best."""
+                    best: dict[str, Any], is_best: bool, early_stopping: Optional[dict[str, Any]] = None,
+                    ema: Optional[EMA] = None) -> Path:
+    """``last.pt`` atomically every epoch; ``best.pt`` a hard link to it when it is the best.
+    With ``train.ema`` the checkpoint's ``model`` is the average, the trained weights beside it."""
     ckpt_dir = run_dir / "checkpoints"
     config = task.cfg.model_dump(mode="json") | {
         name: getattr(task.sections, name).model_dump(mode="json") for name in ("data", "model", "loss")}
     state = checkpoint.Checkpoint(
         where=str(ckpt_dir / "last.pt"), task=task.cfg.task, classes=classes, epoch=epoch, config=config,
-        model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), best=best,
-        plugin_config_version=getattr(task.plugin, "config_version", 1), early_stopping=early_stopping)
+        model=model.state_dict() if ema is None else ema.module.state_dict(), optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict(), best=best, plugin_config_version=getattr(task.plugin, "config_version", 1),
+        early_stopping=early_stopping, **({} if ema is None else {
+            "weights": "ema", "trained_model": model.state_dict(), "ema": ema.state()}))
     last = ckpt_dir / "last.pt"
     checkpoint.save(state, last)
     if is_best:
@@ -342,7 +360,7 @@ def eval_worker(job: dict[str, Any], ctx) -> Optional[dict[str, Any]]:
     payload = None
     if ctx.rank == 0:
         payload = {"checkpoint": job["checkpoint"], "epoch": ckpt.epoch, "num_images": len(val_set),
-                   "workers": ctx.world_size, "primary": metric.primary, **result}
+                   "workers": ctx.world_size, "primary": metric.primary, "weights": ckpt.weights, **result}
         ctx.eval_result(job, payload)
     ctx.report({}, None)
     return payload

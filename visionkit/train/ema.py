@@ -1,0 +1,105 @@
+"""``train.ema``: an exponential moving average of the weights, the model that gets evaluated.
+
+The average is torch's :class:`~torch.optim.swa_utils.AveragedModel` with ``use_buffers=True``,
+as torchvision's references build their ``--model-ema``: parameters *and* floating-point buffers
+(BatchNorm's running statistics) are averaged, so the averaged model's statistics belong to its
+averaged weights; integer buffers (``num_batches_tracked``) are copied. It is updated after every
+optimizer step (once per ``grad_accum_steps`` batches), on every worker, from the same weights.
+
+Warmup. The averaging window is ``1 / (1 - decay)`` optimizer steps; an average that started at
+the full window would hold on to the random initial weights for that many steps. The decay of
+update ``t`` (the number of updates before it) is::
+
+    window_t = 1 + (1 / (1 - decay) - 1) * min(1, t / warmup_steps)      decay_t = 1 - 1 / window_t
+
+timm's ModelEmaV3 warmup, ``1 - (1 + t / gamma) ** -power``, with ``power = 1`` and ``gamma``
+chosen so that the full decay is reached at exactly ``warmup_steps``. Chosen over the TF /
+torchvision-style ``min(decay, (1 + t) / (10 + t))`` because ``warmup_steps`` then means what it
+says (full decay from that step on, none of the 10 hidden in a formula) and the window grows
+linearly, without a jump. With ``warmup_steps = 1 / (1 - decay)`` the warmup is the running mean
+of the weights so far (the window equals the steps done), which is what a bias-corrected EMA
+would give; a shorter warmup weighs the early weights more than that, a longer one less.
+Update 0 is always a copy of the weights (the average starts from the weights after the first
+optimizer step, as torchvision's does); ``warmup_steps: 0``: the full decay from update 1.
+
+Resume. The checkpoint holds the average (``model``, what eval, export, the report and
+``model.weights`` read) and the optimizer's own weights (``trained_model``) with the update count:
+a resumed run continues both, bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+
+def decay_at(decay: float, warmup_steps: int, t: int) -> float:
+    """The decay of update ``t`` (the number of updates before it; update 0 is a copy)."""
+    if warmup_steps <= 0 or t >= warmup_steps:
+        return decay
+    window = 1.0 + (1.0 / (1.0 - decay) - 1.0) * t / warmup_steps
+    return 1.0 - 1.0 / window
+
+
+class EMA:
+    """The averaged copy of a model and its update count."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, warmup_steps: int):
+        self.decay, self.warmup_steps = decay, warmup_steps
+        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
+        self.averaged.eval()
+
+    @classmethod
+    def create(cls, cfg, model: torch.nn.Module, saved_weights: Optional[dict[str, Any]] = None,
+               saved_state: Optional[dict[str, Any]] = None) -> Optional["EMA"]:
+        """None without ``train.ema``. ``saved_weights`` / ``saved_state``: a checkpoint's average
+        and its ``ema`` entry; without them (a run that turns EMA on at resume) the average starts
+        from the model's weights at the next update."""
+        if cfg is None:
+            return None
+        ema = cls(model, cfg.decay, cfg.warmup_steps)
+        if saved_weights is not None and saved_state is not None:
+            ema.module.load_state_dict(saved_weights)
+            ema.averaged.n_averaged.fill_(int(saved_state["updates"]))
+        return ema
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The averaged model (to evaluate and to save)."""
+        return self.averaged.module
+
+    @property
+    def updates(self) -> int:
+        return int(self.averaged.n_averaged)
+
+    @torch.no_grad()
+    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        # AveragedModel copies at update 0 and calls this from update 1 on, grouped by dtype.
+        if torch.is_floating_point(averaged[0]):
+            decay = decay_at(self.decay, self.warmup_steps, int(n_averaged))
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        else:  # num_batches_tracked: a count, not something to average
+            torch._foreach_copy_(averaged, current)
+
+    def update(self, model: torch.nn.Module) -> None:
+        """After an optimizer step, from the trained (unwrapped) model."""
+        self.averaged.update_parameters(model)
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint's ``ema`` entry (the weights go in its ``model``)."""
+        return {"updates": self.updates, "decay": self.decay, "warmup_steps": self.warmup_steps}
+
+    def describe(self) -> str:
+        warmup = f", warmup {self.warmup_steps} steps" if self.warmup_steps else ""
+        return (f"[visionkit] train.ema: decay {self.decay:g} (window {1 / (1 - self.decay):.0f} optimizer steps{warmup}); "
+                "evaluating EMA weights: best.pt, eval, export and the report use them")
+
+
+def resume_weights(ckpt) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """A checkpoint's (trained weights, EMA weights or None): ``model`` is the average when the
+    checkpoint says ``weights: ema``, the trained weights then being ``trained_model``."""
+    if getattr(ckpt, "weights", "trained") == "ema" and ckpt.trained_model is not None:
+        return ckpt.trained_model, ckpt.model
+    return ckpt.model, None
