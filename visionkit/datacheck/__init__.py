@@ -218,14 +218,13 @@ def check_datasets(plugin, datasets: dict[str, Any], mode: str = "full", limit: 
 def check(plugin, data: Any, limit: Optional[int] = FULL_LIMIT, decode: bool = False) -> Report:
     """``visionkit data check``: builds each split (an annotation error is an error finding, and
     the other split is still checked) and checks it in full."""
-    report = Report()
+    report = Report(splits={split: SplitSummary(split) for split in SPLITS})
     tic = time.perf_counter()
     datasets = {}
     for split in SPLITS:
         try:
             datasets[split] = plugin.build_dataset(data, split)
         except UserError as exc:
-            report.splits[split] = SplitSummary(split)
             report.findings.append(Finding("error", split, str(exc)))
     report.seconds = time.perf_counter() - tic
     return check_datasets(plugin, datasets, "full", limit, decode, report)

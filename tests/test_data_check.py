@@ -1,0 +1,176 @@
+"""``visionkit data check`` on each broken case, and its fast form as the pre-flight of
+``visionkit train``: bad data and an unknown model fail in the driver, in one line, before Ray."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from visionkit.cli import main
+from visionkit.data import synth
+from visionkit.datacheck import spread
+
+DET = "configs/detection/shapes.yaml"
+CLS = "configs/classification/shapes.yaml"
+SEG = "configs/segmentation/shapes.yaml"
+TRAIN_JSON = "annotations/instances_train.json"
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    return synth.scenes(tmp_path_factory.mktemp("check"), num_train=8, num_val=4, size=32, seed=4)
+
+
+@pytest.fixture
+def data(scenes, tmp_path) -> Path:
+    return Path(shutil.copytree(scenes, tmp_path / "data"))
+
+
+def check(capsys, root: Path, *extra: str, config: str = DET) -> tuple[int, str]:
+    code = main(["data", "check", config, f"data.root={root}", *extra])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def edit(root: Path, fn, name: str = TRAIN_JSON) -> dict:
+    coco = json.loads((root / name).read_text())
+    fn(coco)
+    (root / name).write_text(json.dumps(coco))
+    return coco
+
+
+def test_clean_data_passes_with_a_table_and_a_histogram(capsys, scenes):
+    code, out = check(capsys, scenes)
+    assert code == 0, out
+    coco = json.loads((scenes / TRAIN_JSON).read_text())
+    table = out.splitlines()
+    train_row = next(line for line in table if line.startswith("train "))
+    assert train_row.split() == ["train", "8", "8", str(len(coco["annotations"])), "0"]
+    for k, name in enumerate(synth.CLASSES, start=1):
+        row = next(line for line in table if line.startswith(f"{name} "))
+        assert int(row.split()[1]) == sum(a["category_id"] == k for a in coco["annotations"])
+    assert "no problems found" in out
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all"])
+def test_a_corrupt_or_empty_image_is_an_error(capsys, data, content):
+    bad = data / "images" / "val" / "val_00002.png"
+    bad.write_bytes(content)
+    code, out = check(capsys, data)
+    assert code == 2
+    errors = [line for line in out.splitlines() if str(bad) in line]
+    assert len(errors) == 1 and ("empty file (0 bytes)" if not content else "cannot decode image") in errors[0]
+
+
+def test_a_size_unlike_the_annotation_is_an_error(capsys, data):
+    edit(data, lambda c: c["images"][1].update(width=40))
+    code, out = check(capsys, data)
+    assert code == 2
+    assert f"{data / TRAIN_JSON}: image id 2: the annotation gives the image as 40x32 pixels but" in out
+
+
+def test_coco_without_annotations_is_an_error(capsys, data):
+    edit(data, lambda c: c.pop("annotations"), "annotations/instances_val.json")
+    code, out = check(capsys, data)
+    assert code == 2 and "instances_val.json: field 'annotations': missing" in out
+    rows = [line.split() for line in out.splitlines()]
+    assert ["train", "8", "8"] == next(r for r in rows if r[:1] == ["train"])[:3]  # the other split is still checked
+    assert ["val", "not", "built"] == next(r for r in rows if r[:1] == ["val"])[:3]
+
+
+def test_degenerate_and_outside_boxes_are_warnings_naming_the_image(capsys, data):
+    def corrupt(coco):
+        coco["annotations"][0]["bbox"] = [5, 5, 0, 4]          # no width
+        coco["annotations"][1]["bbox"] = [40, 40, 5, 5]        # right of and below a 32-px image
+        coco["annotations"][2]["bbox"] = [-4, 2, 10, 10]       # partly outside: clipped
+    coco = edit(data, corrupt)
+    code, out = check(capsys, data)
+    assert code == 0, out
+    file_of = {img["id"]: img["file_name"] for img in coco["images"]}
+    a = coco["annotations"]
+    assert f"1 degenerate box(es)" in out and f"{file_of[a[0]['image_id']]} (object id {a[0]['id']}" in out
+    assert "1 box(es) entirely outside their image" in out and f"(object id {a[1]['id']}" in out
+    assert "1 box(es) partly outside their image, clipped" in out
+
+
+def test_empty_images_duplicates_overlap_and_val_only_classes_are_warnings(capsys, data):
+    train, val = data / "images" / "train", data / "images" / "val"
+    shutil.copy(train / "train_00001.png", train / "train_00005.png")   # a duplicate within train
+    shutil.copy(train / "train_00002.png", val / "val_00000.png")       # a val image that is in train
+    star = synth.CLASSES.index("star") + 1
+
+    def drop_star_and_image_3(coco):
+        coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] != star and a["image_id"] != 3]
+    edit(data, drop_star_and_image_3)
+    val_coco = json.loads((data / "annotations" / "instances_val.json").read_text())
+    assert any(a["category_id"] == star for a in val_coco["annotations"]), "the fixture's val split needs a star"
+    code, out = check(capsys, data)
+    assert code == 0, out
+    assert "warnings" in out and "error" not in out.split("warnings")[0]
+    assert f"train: 1 exact duplicate image(s) in 1 group(s) (same bytes): {train / 'train_00001.png'} = {train / 'train_00005.png'}" in out
+    assert f"train/val: 1 val image(s) are byte-identical to train images" in out and str(val / "val_00000.png") in out
+    assert "class(es) in val but never in train (the model cannot learn them): star" in out
+    assert "images have no objects" in out and "train_00002.png" in out
+
+
+def test_an_unknown_model_name_is_found_by_data_check(capsys, tmp_path, shapes_cls):
+    code, out = check(capsys, shapes_cls, "model.name=resnt18", config=CLS)
+    assert code == 2 and "config: model.name: unknown classification model 'resnt18' (did you mean 'resnet18'?)" in out
+
+
+def test_segmentation_and_classification_checks(capsys, scenes, shapes_cls):
+    code, out = check(capsys, scenes, config=SEG)
+    assert code == 0 and "images containing it per class" in out and "background" in out
+    code, out = check(capsys, shapes_cls, config=CLS)
+    assert code == 0 and "images per class" in out
+    assert next(line for line in out.splitlines() if line.startswith("circle ")).split()[1:] == ["40", "15"]
+
+
+def test_large_splits_are_sampled_evenly_and_say_so(capsys, scenes):
+    assert spread(10, 3) == [0, 3, 6] and spread(5, 10) == [0, 1, 2, 3, 4] and spread(7, None) == list(range(7))
+    code, out = check(capsys, scenes, "--limit", "4")
+    assert code == 0 and next(line for line in out.splitlines() if line.startswith("train ")).split()[:4] == \
+        ["train", "8", "4", "(every"]
+
+
+class RayStarted(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Any attempt to start or join Ray fails the test."""
+    import ray
+
+    from visionkit.train import launch
+
+    def refuse(*args, **kwargs):
+        raise RayStarted("Ray was initialised")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(launch, "init_ray", refuse)
+
+
+def train_cli(capsys, *args: str) -> tuple[int, str]:
+    code = main(["train", *args, "ray.num_workers=1", "train.progress=false"])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_train_stops_on_a_zero_byte_image_before_ray_starts(capsys, data, tmp_path, no_ray):
+    bad = data / "images" / "train" / "train_00006.png"
+    bad.write_bytes(b"")
+    code, out = train_cli(capsys, DET, f"data.root={data}", f"output.storage_path={tmp_path / 'runs'}")
+    assert code == 2
+    assert out.strip().splitlines()[-1] == f"visionkit: error: {bad}: empty file (0 bytes), not an image"
+    assert "Traceback" not in out and not (tmp_path / "runs").exists()
+
+
+def test_train_stops_on_an_unknown_model_before_ray_starts(capsys, shapes_cls, tmp_path, no_ray):
+    code, out = train_cli(capsys, CLS, f"data.root={shapes_cls}", "model.name=resnt18",
+                          f"output.storage_path={tmp_path / 'runs'}")
+    assert code == 2 and "Traceback" not in out
+    assert out.strip().splitlines()[-1].startswith("visionkit: error: model.name: unknown classification model 'resnt18'")
