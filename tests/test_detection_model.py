@@ -94,7 +94,7 @@ def test_local_weights_file_loaded_and_checked(tmp_path):
     for (k, a), b in zip(source.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
     with pytest.raises(ConfigError, match="weights_strict: false"):
-        plugin.build_model(ModelConfig(min_size=64, max_size=64, weights=path), CLASSES + ["d"])
+        plugin.build_model(ModelConfig(min_size=64, max_size=64, weights=path, weights_strict=True), CLASSES + ["d"])
     partial = plugin.build_model(ModelConfig(min_size=64, max_size=64, weights=path, weights_strict=False), CLASSES + ["d"])
     assert torch.equal(partial.backbone.c3[0][0].weight, source.backbone.c3[0][0].weight)
     # a backbone-only file, as an ImageNet classifier's would be, placed with a prefix

@@ -115,11 +115,12 @@ def without_initial_weights(model_section):
     """The model section for a rebuild whose weights come from a checkpoint.
 
     By the plugin contract every ``Path`` field of a model section names a file of initial
-    weights (``model.weights``, ``model.weights_backbone``): a checkpoint supersedes them, so they
+    weights (``model.weights``, ``model.weights_backbone``), and every ``pretrained*`` field
+    published weights from the cache (``model.pretrained``): a checkpoint supersedes them, so they
     are not read, and eval or export work once those files are gone (another machine, a clean disk).
     """
     changes = {name: None for name in type(model_section).model_fields
-               if isinstance(getattr(model_section, name), Path)}
+               if isinstance(getattr(model_section, name), Path) or name.startswith("pretrained")}
     return model_section.model_copy(update=changes)
 
 
@@ -173,7 +174,7 @@ def check_resume(ckpt: Checkpoint, resolved: dict[str, Any], model_section, sour
             raise ConfigError(f"{source}: {key}: the checkpoint was trained with {saved[key]!r}, got {new.get(key)!r}; "
                               "a resume continues the same training state: start a new run with "
                               f"model.weights={ckpt.where} to change it")
-    weights = {name for name in type(model_section).model_fields if name.startswith("weights")}
+    weights = {name for name in type(model_section).model_fields if name.startswith(("weights", "pretrained"))}
     old_model, new_model = _flat(ckpt.config.get("model") or {}), _flat(resolved.get("model") or {})
     for key in sorted(set(old_model) | set(new_model)):
         if key.split(".")[0] in weights:

@@ -10,13 +10,19 @@ import torch
 from torch import nn
 
 from visionkit.errors import ConfigError
-from visionkit.weights import read_state_dict
+from visionkit.weights import load_weights
 from visionkit.plugin import Section
 
 
 class ModelConfig(Section):
     name: str = "resnet18"
     weights: Optional[Path] = None  # a local state-dict file; nothing is ever downloaded
+    # torchvision's published weights for this architecture (DEFAULT, IMAGENET1K_V1...), read from
+    # torch's cache ($TORCH_HOME/hub/checkpoints); `visionkit weights fetch` puts them there.
+    pretrained: Optional[str] = None
+    # false: load the tensors whose name and shape fit (a head for another class count keeps its
+    # initial values, named in one line); true: every tensor must fit
+    weights_strict: bool = False
     # Extra keyword arguments of the torchvision builder, e.g. {zero_init_residual: true} for ResNets.
     builder_args: dict[str, Any] = {}
     hidden: list[int] = [256, 128]  # mlp only
@@ -84,13 +90,12 @@ def build_model(cfg: ModelConfig, num_classes: int, channels: int, image_size: i
             raise ConfigError(f"model.builder_args: {cfg.name} does not accept {sorted(cfg.builder_args)} ({exc})") from None
         if channels == 1:
             _first_conv_to_gray(model)
+    if cfg.pretrained:
+        from visionkit.pretrained import load_pretrained
+
+        load_pretrained(model, cfg.name, cfg.pretrained, cfg.weights_strict)
     if cfg.weights:
-        state = read_state_dict(cfg.weights)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"model.weights: {cfg.weights} does not fit {cfg.name} with {num_classes} classes: {first}") from None
+        load_weights(model, cfg.weights, cfg.weights_strict)
     return model
 
 

@@ -60,9 +60,15 @@ class ModelConfig(Section):
     weights_prefix: str = Field(
         "", description="prepended to every name in the weights file, e.g. 'backbone.body.' to load "
                         "an ImageNet ResNet-50 classifier's file into a detector's backbone")
+    pretrained: Optional[str] = Field(
+        None, description="torchvision's published weights for the detector (DEFAULT, COCO_V1), from torch's "
+                          "cache ($TORCH_HOME/hub/checkpoints; `visionkit weights fetch` puts them there)")
+    pretrained_backbone: Optional[str] = Field(
+        None, description="the ImageNet weights (DEFAULT, IMAGENET1K_V1...) of the classifier the backbone is "
+                          "built from (resnet50, mobilenet_v3_large), from the same cache")
     weights_strict: bool = Field(
-        True, description="false: load only the tensors whose names and shapes match (e.g. a "
-                          "COCO-trained model whose class head differs) and log the rest")
+        False, description="false: load the tensors whose names and shapes match (a class head for another "
+                           "class count keeps its initial values; the skipped tensors are named); true: all must")
     freeze_backbone_norm: bool = Field(
         False, description="BatchNorm in the backbone becomes FrozenBatchNorm2d after the weights load: "
                            "what torchvision does with a pretrained backbone; needed at 1-2 images per GPU")

@@ -187,6 +187,17 @@ def build(cfg: "ModelConfig", num_classes: int) -> nn.Module:
         builder: Callable[..., nn.Module] = getattr(tvd, cfg.name)
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes,
                         **_size_kwargs(family, cfg), **_threshold_kwargs(family, cfg), **extra)
+    if cfg.pretrained or cfg.pretrained_backbone:
+        from visionkit import pretrained
+
+        if cfg.pretrained:
+            pretrained.load_pretrained(model, cfg.name, cfg.pretrained, cfg.weights_strict)
+        else:
+            body = getattr(model.backbone, "body", None)
+            if body is None:
+                raise ConfigError(f"model.pretrained_backbone: {cfg.name} has no pretrainable backbone; "
+                                  "use model.pretrained")
+            pretrained.load_backbone(body, cfg.name, cfg.pretrained_backbone)
     if cfg.weights is not None:
         load_weights(model, cfg.weights, cfg.weights_strict, add_prefix=cfg.weights_prefix)
     if cfg.freeze_backbone_norm:

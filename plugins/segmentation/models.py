@@ -43,8 +43,13 @@ class ModelConfig(Section):
     weights: Optional[Path] = Field(None, description="a local state dict (or visionkit checkpoint) to start from")
     weights_backbone: Optional[Path] = Field(None, description="a local ImageNet classifier state dict for the "
                                              "backbone of a torchvision model (e.g. torchvision's resnet50 file)")
+    pretrained: Optional[str] = Field(None, description="torchvision's published weights for the model (DEFAULT, "
+                                      "COCO_WITH_VOC_LABELS_V1), from torch's cache ($TORCH_HOME/hub/checkpoints; "
+                                      "`visionkit weights fetch` puts them there)")
+    pretrained_backbone: Optional[str] = Field(None, description="the ImageNet weights (DEFAULT, IMAGENET1K_V1...) "
+                                               "of the backbone's classifier (resnet50, mobilenet_v3_large), same cache")
     weights_strict: bool = Field(False, description="false: load the tensors whose name and shape match (a "
-                                 "head for other classes is skipped); true: every tensor must match")
+                                 "head for another class count keeps its initial values, named); true: all must")
     width: int = Field(16, ge=4, le=256, description="unet: channels of the first level, doubled per level")
     blocks: list[int] = Field([1, 1, 2, 2, 2], min_length=1, max_length=7,
                               description="unet: residual blocks per level; each level halves the resolution")
@@ -64,6 +69,8 @@ class ModelConfig(Section):
                 raise ValueError(f"{', '.join(misplaced)} only apply to name: unet, not {self.name}")
         if self.name == "unet" and self.weights_backbone is not None:
             raise ValueError("weights_backbone: the unet has no pretrained backbone; use weights")
+        if self.name == "unet" and (self.pretrained or self.pretrained_backbone):
+            raise ValueError("pretrained: model unet has no published weights")
         if self.aux_loss and not (self.name == "unet" or TORCHVISION[self.name]):
             raise ValueError(f"aux_loss: {self.name} has no auxiliary head")
         if any(b < 0 for b in self.blocks):
@@ -184,6 +191,13 @@ def build_model(cfg: ModelConfig, num_classes: int) -> Segmenter:
                    presence=cfg.presence_loss)
     else:
         net = _torchvision_model(cfg.name, num_classes, cfg.aux_loss)
+    if cfg.pretrained or cfg.pretrained_backbone:
+        from visionkit import pretrained
+
+        if cfg.pretrained:
+            pretrained.load_pretrained(net, cfg.name, cfg.pretrained, cfg.weights_strict)
+        else:
+            pretrained.load_backbone(net.backbone, cfg.name, cfg.pretrained_backbone)
     if cfg.weights_backbone is not None:
         # An ImageNet classifier's state dict: resnet keys as they are, mobilenet's under "features.".
         load_weights(net.backbone, cfg.weights_backbone, strict=False, field="weights_backbone",

@@ -18,8 +18,8 @@ from ..errors import UserError
 
 def _without_weight_files(model_cfg: Any) -> Any:
     fields = getattr(type(model_cfg), "model_fields", {})
-    paths = [name for name, f in fields.items()
-             if f.annotation is Path or Path in get_args(f.annotation)]
+    paths = [name for name, f in fields.items()  # files, and published weights from the cache (model.pretrained*)
+             if f.annotation is Path or Path in get_args(f.annotation) or name.startswith("pretrained")]
     return model_cfg.model_copy(update={name: None for name in paths}) if paths else model_cfg
 
 

@@ -364,6 +364,10 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
         plugin = _plugin_for(cfg, source)
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
     _check_devices(cfg, source)
+    if resumed is None:  # published weights named and cached (a resume reads the checkpoint's)
+        from ..pretrained import check_section
+
+        check_section(sections.model)
     resolved = resolved_dict(cfg, sections)
     if resumed is not None:
         # Before anything is written: a refused override leaves config.yaml as it was.
