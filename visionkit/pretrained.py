@@ -257,9 +257,8 @@ def builtin_models() -> dict[str, list[str]]:
     return {"classification": sorted(list_models(module=torchvision.models)), **{k: list(v) for k, v in BUILTIN.items()}}
 
 
-def describe(model: str) -> str:
-    """One ``weights list`` line: the names ``model`` offers (aliases shown), which are cached,
-    and for a detector or segmenter the classifier whose weights its backbone takes."""
+def _offered(model: str) -> str:
+    """``IMAGENET1K_V1, IMAGENET1K_V2 (= DEFAULT) [cached]``: the names, aliases beside what they name."""
     members = _enum(model).__members__
     parts = []
     for name, member in members.items():
@@ -268,12 +267,18 @@ def describe(model: str) -> str:
         aliases = [a for a, m in members.items() if m is member and a != name]
         cached = Published(model, member).path.is_file()
         parts.append(name + "".join(f" (= {a})" for a in aliases) + (" [cached]" if cached else ""))
-    line = f"{model}: {', '.join(parts)}"
+    return ", ".join(parts)
+
+
+def describe(model: str) -> str:
+    """One ``weights list`` line: the names ``model`` offers, which are cached, and for a
+    detector or segmenter the classifier whose weights ``model.pretrained_backbone`` takes."""
+    line = f"{model}: {_offered(model)}"
     try:
         classifier = backbone_model(model)
     except ConfigError:
         return line
-    return f"{line}; pretrained_backbone: {classifier}'s ({', '.join(_enum(classifier).__members__)})"
+    return f"{line}; pretrained_backbone: {classifier}'s ({_offered(classifier)})"
 
 
 def cached_files() -> list[tuple[Path, str]]:
