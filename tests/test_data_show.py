@@ -1,0 +1,82 @@
+"""``visionkit data show``: a grid of the expected size, with each task's labels drawn where they
+are (box outlines on the box edges, mask colours inside the shapes, class captions), as stored or
+through the training augmentation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionkit.cli import main
+from visionkit.data import synth
+from visionkit.datacheck.show import CAPTION, PAD
+
+SIZE = 32  # enlarged 8x to 256-px tiles
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    return synth.scenes(tmp_path_factory.mktemp("show"), num_train=8, num_val=4, size=SIZE, seed=6)
+
+
+def show(tmp_path: Path, config: str, root: Path, *flags: str, name: str = "grid.png") -> np.ndarray:
+    out = tmp_path / name
+    assert main(["data", "show", config, f"data.root={root}", "-o", str(out), *flags]) == 0
+    return np.asarray(Image.open(out).convert("RGB")).astype(int)
+
+
+def tile(grid: np.ndarray, k: int, cols: int, side: int = 256) -> np.ndarray:
+    x, y = PAD + (k % cols) * (side + PAD), PAD + (k // cols) * (side + CAPTION + PAD) + CAPTION
+    return grid[y:y + side, x:x + side]
+
+
+def enlarged(path: Path) -> np.ndarray:
+    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return np.kron(image, np.ones((256 // SIZE, 256 // SIZE, 1), dtype=int))
+
+
+def test_detection_grid_has_boxes_on_their_edges(tmp_path, scenes, capsys):
+    grid = show(tmp_path, "configs/detection/shapes.yaml", scenes, "-n", "4", "--split", "val")
+    assert grid.shape == (PAD + 2 * (256 + CAPTION + PAD), PAD + 2 * (256 + PAD), 3)  # 2 x 2 tiles
+    assert "4 of 4 val samples, as stored" in capsys.readouterr().out
+    coco = json.loads((scenes / "annotations" / "instances_val.json").read_text())
+    for k, image in enumerate(coco["images"]):
+        drawn, raw = tile(grid, k, 2), enlarged(scenes / "images" / "val" / image["file_name"])
+        for ann in (a for a in coco["annotations"] if a["image_id"] == image["id"]):
+            x, y, w, h = (int(v * 8) for v in ann["bbox"])
+            # the left edge of the box, below its caption, is drawn over ...
+            assert np.abs(drawn[y + h - 2, x] - raw[y + h - 2, x]).sum() > 0
+        # ... and the image is otherwise itself: most pixels untouched
+        assert (np.abs(drawn - raw).sum(axis=2) == 0).mean() > 0.6
+
+
+def test_augmented_tiles_follow_the_training_pipeline_and_seed(tmp_path, scenes):
+    config = "configs/detection/shapes.yaml"  # flips and 90-degree turns
+    raw = show(tmp_path, config, scenes, "-n", "8", name="raw.png")
+    first = show(tmp_path, config, scenes, "-n", "8", "--augmented", name="a.png")
+    again = show(tmp_path, config, scenes, "-n", "8", "--augmented", name="b.png")
+    other = show(tmp_path, config, scenes, "-n", "8", "--augmented", "train.seed=1", name="c.png")
+    assert first.shape == raw.shape == (PAD + 3 * (256 + CAPTION + PAD), PAD + 3 * (256 + PAD), 3)  # 3 x 3 cells
+    assert np.array_equal(first, again)  # seeded as training seeds each sample
+    assert not np.array_equal(first, other)
+    moved = sum(not np.array_equal(tile(first, k, 3), tile(raw, k, 3)) for k in range(8))
+    assert moved >= 3  # 1 - 0.5**3 of images are flipped or turned
+
+
+def test_segmentation_overlay_colours_the_shapes_only(tmp_path, scenes):
+    grid = show(tmp_path, "configs/segmentation/shapes.yaml", scenes, "-n", "1")
+    assert grid.shape == (PAD + 256 + CAPTION + PAD, PAD + 256 + PAD, 3)
+    mask = np.kron(np.asarray(Image.open(scenes / "masks" / "train" / "train_00000.png")), np.ones((8, 8), dtype=np.uint8))
+    changed = np.abs(tile(grid, 0, 1) - enlarged(scenes / "images" / "train" / "train_00000.png")).sum(axis=2) > 0
+    assert changed[mask > 0].mean() > 0.9 and changed[mask == 0].mean() == 0
+
+
+def test_classification_tiles_carry_the_class_name(tmp_path, shapes_cls):
+    grid = show(tmp_path, "configs/classification/shapes.yaml", shapes_cls, "-n", "2", "--augmented")
+    assert grid.shape == (PAD + 256 + CAPTION + PAD, PAD + 2 * (256 + PAD), 3)
+    first = tile(grid, 0, 2)
+    assert (first[2:20, 2:40] == 0).all(axis=2).mean() > 0.3  # the caption's black box at the top left
