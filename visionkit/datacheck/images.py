@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,25 @@ def threads() -> int:
     return min(32, 4 * (os.cpu_count() or 1))
 
 
+#: per item, below which a thread pool only adds overhead (files in the page cache: PIL's header
+#: read is ~50 us of Python under the GIL; 8 threads made 2000 headers 4x slower than a loop)
+INLINE_BELOW_S = 0.0005
+PROBE = 32
+
+
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: Optional[int] = None) -> list[R]:
-    """``[fn(x) for x in items]`` on a thread pool, in order; the first exception (in item order)
-    propagates. Small inputs run inline: a pool costs more than a few header reads."""
-    if len(items) < 64:
-        return [fn(x) for x in items]
+    """``[fn(x) for x in items]``, in order; the first exception (in item order) propagates.
+
+    The first items run inline and are timed: when they are quick (local, cached files) the rest
+    does too; when they wait on the disk or a network filesystem, the rest goes to a thread pool,
+    where the waits overlap."""
+    items = list(items)
+    tic = time.perf_counter()
+    head = [fn(x) for x in items[:PROBE]]
+    if len(items) <= PROBE or (time.perf_counter() - tic) / PROBE < INLINE_BELOW_S:
+        return head + [fn(x) for x in items[PROBE:]]
     with ThreadPoolExecutor(max_workers=workers or threads()) as pool:
-        return list(pool.map(fn, items, chunksize=32))
+        return head + list(pool.map(fn, items[PROBE:], chunksize=16))
 
 
 def _problem(path: Path, exc: BaseException) -> str:
