@@ -91,8 +91,8 @@ def test_degenerate_and_outside_boxes_are_warnings_naming_the_image(capsys, data
     assert code == 0, out
     file_of = {img["id"]: img["file_name"] for img in coco["images"]}
     a = coco["annotations"]
-    assert f"1 degenerate box(es)" in out and f"{file_of[a[0]['image_id']]} (object id {a[0]['id']}" in out
-    assert "1 box(es) entirely outside their image" in out and f"(object id {a[1]['id']}" in out
+    assert f"1 degenerate box(es)" in out and f"{file_of[a[0]['image_id']]} (annotation id {a[0]['id']}" in out
+    assert "1 box(es) entirely outside their image" in out and f"(annotation id {a[1]['id']}" in out
     assert "1 box(es) partly outside their image, clipped" in out
 
 

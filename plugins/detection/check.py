@@ -12,12 +12,16 @@ def check_data(dataset, split: str) -> SplitCheck:
     samples, degenerate, outside, clipped = [], [], [], []
     for rec in coco.records:
         labels = []
-        for ann in rec.gt:
+        for k, ann in enumerate(rec.gt, start=1):
             labels.append(int(ann["category_id"]) - 1)
             if ann["iscrowd"]:
                 continue
             x, y, w, h = ann["bbox"]
-            name = f"{rec.file.name} (object id {ann['id']}: [{x:g}, {y:g}, {w:g}, {h:g}])"
+            if rec.annotation is not None:  # a VOC XML or YOLO label file, and the object's place in it
+                name = f"{rec.annotation} object {k}"
+            else:
+                name = f"{rec.file.name} (annotation id {ann['id']})"
+            name += f": [x {x:g}, y {y:g}, w {w:g}, h {h:g}]"
             x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, rec.width), min(y + h, rec.height)
             if w <= 0 or h <= 0:
                 degenerate.append(name)
@@ -31,13 +35,14 @@ def check_data(dataset, split: str) -> SplitCheck:
         samples.append(Sample(rec.file, size, labels, rec.size_from or ""))
     findings = []
     where = f"{coco.ann_file}"
+    dropped = "left out of training" if split == "train" else "scored as annotated by evaluation"
     if degenerate:
         findings.append(("warning", f"{where}: {len(degenerate)} degenerate box(es) (no area, or under "
-                                    f"data.min_box_size {min_size:g} px inside the image), left out of training: "
+                                    f"data.min_box_size {min_size:g} px inside the image), {dropped}: "
                                     f"{_examples(degenerate)}"))
     if outside:
-        findings.append(("warning", f"{where}: {len(outside)} box(es) entirely outside their image, left out of "
-                                    f"training: {_examples(outside)}"))
+        findings.append(("warning", f"{where}: {len(outside)} box(es) entirely outside their image, {dropped}: "
+                                    f"{_examples(outside)}"))
     if clipped:
         findings.append(("warning", f"{where}: {len(clipped)} box(es) partly outside their image, clipped to it: "
                                     f"{_examples(clipped)}"))

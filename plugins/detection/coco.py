@@ -39,6 +39,8 @@ class ImageRecord:
     #: what states width/height, for messages ("x.json: image id 3", "Annotations/x.xml"); None:
     #: the size was read from the image's own header (YOLO)
     size_from: str | None = None
+    #: the image's own annotation file (a VOC XML, a YOLO label file); None for COCO
+    annotation: Path | None = None
 
 
 @dataclass
@@ -244,6 +246,7 @@ class RawImage:
     height: int
     objects: list[RawObject]
     size_from: str | None = None
+    annotation: Path | None = None
 
 
 def assemble(entries: list[RawImage], min_box_size: float, keep_empty: bool, source: str) -> tuple[list[ImageRecord], BoxCounts]:
@@ -270,7 +273,8 @@ def assemble(entries: list[RawImage], min_box_size: float, keep_empty: bool, sou
         records.append(ImageRecord(
             id=img.id, file=img.file, width=img.width, height=img.height,
             boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-            labels=np.asarray(labels, dtype=np.int64), gt=gt, size_from=img.size_from))
+            labels=np.asarray(labels, dtype=np.int64), gt=gt, size_from=img.size_from,
+            annotation=img.annotation))
     if counts.clipped or counts.degenerate or counts.outside or counts.empty_images_dropped:
         log.warning("%s: %s", source, counts.summary())
     else:

@@ -135,10 +135,10 @@ def read_split(annotations: Path, image_dir: Path, list_file: Path, classes: lis
     label_of = {name: k for k, name in enumerate(classes)}
     parsed = parallel_map(lambda i: _read_one(annotations / f"{i}.xml", image_dir, i, label_of, classes_from), ids)
     entries, next_id = [], 1
-    for image_id, (image, width, height, objects, size_from) in enumerate(parsed, start=1):
+    for image_id, (name, (image, width, height, objects, size_from)) in enumerate(zip(ids, parsed), start=1):
         for obj in objects:
             obj.id, next_id = next_id, next_id + 1
-        entries.append(RawImage(image_id, image, width, height, objects, size_from))
+        entries.append(RawImage(image_id, image, width, height, objects, size_from, annotations / f"{name}.xml"))
     records, counts = assemble(entries, min_box_size, keep_empty, str(list_file))
     return CocoSplit(list_file, image_dir, list(classes), list(range(1, len(classes) + 1)), records, counts,
                      format="voc")

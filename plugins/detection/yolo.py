@@ -180,7 +180,7 @@ def read_split(yaml_path: Path, split: str, min_box_size: float, keep_empty: boo
             x1, y1 = round((cx + w / 2) * width, 2), round((cy + h / 2) * height, 2)
             objects.append(RawObject(next_id, (x0, y0, x1 - x0, y1 - y0), cls))
             next_id += 1
-        entries.append(RawImage(image_id, image, width, height, objects, None))
+        entries.append(RawImage(image_id, image, width, height, objects, None, label))
     records, counts = assemble(entries, min_box_size, keep_empty, f"{yaml_path} ({split})")
     image_dir = Path(os.path.commonpath([str(f.parent) for f in files]))
     return CocoSplit(yaml_path, image_dir, names, list(range(len(names))), records, counts, format="yolo")
