@@ -139,3 +139,23 @@ def test_a_task_that_cannot_say_its_classes_is_refused_before_ray_starts():
 
     with pytest.raises(ConfigError, match=r"^data.balanced_sampling: the toy task does not say which classes"):
         launch._preflight(NoClasses(), Sections())
+
+
+def test_detection_and_segmentation_say_which_classes_each_image_holds():
+    """From the boxes' labels (none for a negative) and from the mask's values (255 ignored)."""
+    from types import SimpleNamespace
+
+    from visionkit_plugins.detection.plugin import DetectionPlugin
+    from visionkit_plugins.segmentation.plugin import SegmentationPlugin
+
+    records = [SimpleNamespace(labels=np.array(labels, dtype=np.int64)) for labels in ([2, 0, 2], [], [1])]
+    detection = SimpleNamespace(split=SimpleNamespace(records=records), classes=["a", "b", "c"])
+    assert DetectionPlugin().sample_classes(detection) == [[0, 2], [], [1]]
+
+    masks = [np.array([[0, 0], [3, 255]], np.uint8), np.zeros((2, 2), np.uint8)]
+    class Masks(SimpleNamespace):
+        def __len__(self):
+            return len(masks)
+
+    segmentation = Masks(source=SimpleNamespace(mask=masks.__getitem__), classes=["bg", "a", "b", "c"])
+    assert SegmentationPlugin().sample_classes(segmentation) == [[0, 3], [0]]

@@ -228,3 +228,21 @@ def test_backbone_weights_reach_a_detector_and_a_segmenter(cache, monkeypatch, n
             assert torch.equal(own[key], value), key
     out = capsys.readouterr().out
     assert "4 kept their initial values (4 of another shape, 0 not in the file)" in out, out
+
+
+def test_resume_eval_export_and_the_driver_model_check_never_read_published_weights():
+    """Like a weights file: a checkpoint supersedes them, so rebuilds clear the fields (the
+    cache may be gone), and a resume may change them."""
+    from visionkit import checkpoint
+    from visionkit.datacheck.model import _without_weight_files
+    from visionkit_plugins.classification.models import ModelConfig
+    from visionkit_plugins.detection.config import ModelConfig as DetectionModel
+
+    for section in (ModelConfig(name="resnet18", pretrained="DEFAULT"),
+                    DetectionModel(name="fasterrcnn_resnet50_fpn", pretrained_backbone="DEFAULT")):
+        for rebuilt in (checkpoint.without_initial_weights(section), _without_weight_files(section)):
+            assert getattr(rebuilt, "pretrained", None) is None
+            assert getattr(rebuilt, "pretrained_backbone", None) is None
+    with pytest.raises(ConfigError, match="model.pretrained_backbone: model.pretrained already holds the backbone"):
+        pretrained.selected(DetectionModel(name="fasterrcnn_resnet50_fpn", pretrained="DEFAULT",
+                                           pretrained_backbone="DEFAULT"))
