@@ -174,3 +174,15 @@ def test_train_stops_on_an_unknown_model_before_ray_starts(capsys, shapes_cls, t
                           f"output.storage_path={tmp_path / 'runs'}")
     assert code == 2 and "Traceback" not in out
     assert out.strip().splitlines()[-1].startswith("visionkit: error: model.name: unknown classification model 'resnt18'")
+
+
+def test_voc_and_yolo_sets_are_checked_too(capsys, tmp_path):
+    voc = synth.scenes(tmp_path / "voc", num_train=8, num_val=2, size=32, seed=4, format="voc")
+    yolo = synth.scenes(tmp_path / "yolo", num_train=8, num_val=2, size=32, seed=4, format="yolo")
+    code, out = check(capsys, yolo, "data.format=auto")
+    assert code == 0 and "no problems found" in out, out
+    xml = voc / "Annotations" / "train_00001.xml"
+    xml.write_text(xml.read_text().replace("<width>32</width>", "<width>33</width>"))
+    code, out = check(capsys, voc, "data.format=voc")
+    assert code == 2
+    assert f"train: {xml} <size>: the annotation gives the image as 33x32 pixels but" in out
