@@ -84,7 +84,7 @@ def _cmd_export(args) -> int:
 
     export(args.target, args.output, list(args.overrides), data_root=args.data, opset=args.opset,
            precision=args.precision, logits=args.logits, check_images=args.check_images,
-           calibration_images=args.calibration_images, max_metric_drop=args.max_metric_drop)
+           calibration_images=args.calibration_images, max_metric_drop=args.max_metric_drop, mlflow=args.mlflow)
     return 0
 
 
@@ -397,6 +397,9 @@ def build_parser(predict_model=None) -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=64, help="int8: training images to calibrate on")
     p.add_argument("--max-metric-drop", type=float, default=2.0,
                    help="fp16/int8: largest allowed drop of the validation metric, in points (default 2)")
+    p.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=None,
+                   help="attach the model and its report to the run's MLflow run (default: when the run was tracked "
+                   "with tracking.mlflow, warning if that fails; --mlflow: required; --no-mlflow: never)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="run an exported .onnx model on images (onnxruntime, no torch)",

@@ -97,7 +97,9 @@ def reduced_precision(run: LoadedRun, plan: ExportPlan, fp32: Path, reduced: Pat
 
 def export(target: str, output: Optional[str] = None, overrides: list[str] = (), data_root: Optional[str] = None,
            opset: int = 17, precision: str = "fp32", logits: bool = False, check_images: int = 32,
-           calibration_images: int = 64, max_metric_drop: float = 2.0) -> dict[str, Any]:
+           calibration_images: int = 64, max_metric_drop: float = 2.0, mlflow: Optional[bool] = None) -> dict[str, Any]:
+    """``mlflow``: attach the model and its report to the run's MLflow run (RUN/mlflow.json): None
+    when the run was tracked (a failure only warns), True required, False never."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision}: choose {', '.join(PRECISIONS)}")
     if check_images < 1:
@@ -157,4 +159,8 @@ def export(target: str, output: Optional[str] = None, overrides: list[str] = (),
         raise ExportCheckFailed(f"{out}: export check failed ({', '.join(failed)}): graph kept as {kept.name} for "
                                 f"inspection; details in {report_path}")
     print(f"[visionkit] wrote {out} ({report['size_bytes'] / 1e6:.2f} MB) and {report_path.name}", flush=True)
+    if mlflow is not False:
+        from ..tracking.mlflow import attach_export
+
+        attach_export(run.run_dir, [out, report_path], mlflow)
     return report

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .. import checkpoint
+from .. import checkpoint, tracking
 from ..checkpoint import Checkpoint
 from ..config import Config, apply_overrides, read_yaml, resolved_dict, task_configs, validate_section
 from ..errors import ClusterError, ConfigError, UserError
@@ -373,6 +373,8 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
         # Before anything is written: a refused override leaves config.yaml as it was.
         checkpoint.check_resume(resumed, resolved, sections.model, source)
     _preflight(plugin, sections, resumed)
+    tracker = tracking.driver(cfg, source)  # MLflow there and answering: before anything is written
+    resolved = resolved_dict(cfg, sections)  # with tracking.mlflow.uri made absolute
 
     if not resume:
         run = _new_run(cfg, Path(config_path))
@@ -382,17 +384,20 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
     # Progress bars only on a terminal: in a log file, CI or `ray job logs`, one line per epoch.
     job = {"config": resolved, "run_dir": run.uri, "source": source, "progress": cfg.train.progress and _terminal(),
            "resume_from": f"{run.uri}/checkpoints/last.pt" if resume else None}
+    job["mlflow"] = tracker.begin(run, resolved, resumed)  # a resume continues the run in RUN/mlflow.json
     if cfg.ray.num_workers == 0:
         print(f"[visionkit] {cfg.task}: training in this process; run directory {run.uri}", flush=True)
     from . import loop
 
     tic = time.perf_counter()
-    if cfg.ray.num_workers == 0:
-        loop.local_train(job, cfg.ray.use_gpu)
-    else:
-        _fit(loop.ray_train_entry, job, cfg, run, address or cfg.ray.address, cfg.ray.max_failures, callbacks)
+    with tracker.watching():  # an MLflow run whose training raised is FAILED (KILLED on Ctrl-C)
+        if cfg.ray.num_workers == 0:
+            loop.local_train(job, cfg.ray.use_gpu)
+        else:
+            _fit(loop.ray_train_entry, job, cfg, run, address or cfg.ray.address, cfg.ray.max_failures, callbacks)
     print(final_summary(run, time.perf_counter() - tic), flush=True)
     _write_report(run)
+    tracker.finish(run)  # plots/, report.html as artefacts; FINISHED
     return run.uri if run.remote else run.local
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import checkpoint
+from .. import checkpoint, tracking
 from ..config import Config, TaskConfigs, task_configs
 from ..errors import UserError
 from ..plugin import Metric, TaskPlugin, check_metric_result
@@ -191,13 +191,13 @@ def train_worker(job: dict[str, Any], ctx) -> None:
     store = RunStore.from_output(task.cfg.output) if is_remote(job["run_dir"]) else None
     run_dir = store.staging_dir() if store else Path(job["run_dir"])
     try:
-        _train(task, run_dir, store, ctx)
+        _train(task, run_dir, store, ctx, job.get("mlflow"))
     finally:
         if store is not None and ctx.rank == 0:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
+def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx, tracked: Optional[dict[str, Any]] = None) -> None:
     t = task.cfg.train
     seed_everything(t.seed, -1, ctx.rank)
 
@@ -228,11 +228,12 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
     ema = EMA.create(t.ema, unwrap(model), ema_weights, restored.ema if restored else None)
     already_stopped = stopper is not None and stopper.stopped  # a resumed run that had stopped early
     placement = ctx.all_gather(ctx.describe())
-    log = None
+    log, tracker = None, tracking.OFF
     if ctx.rank == 0:
         if store is not None:
             store.pull(run_dir)
         log = RunLog(run_dir, last_epoch=start_epoch - 1)
+        tracker = tracking.worker(tracked, log.rows)  # MLflow (tracking.mlflow): logs the epochs it lacks
         log.workers(placement, start_epoch)
         group = f", process group {torch.distributed.get_backend()}" if torch.distributed.is_initialized() else ""
         threads = f", {torch.get_num_threads()} CPU thread{'s' * (torch.get_num_threads() != 1)} each"
@@ -299,6 +300,7 @@ def _train(task: Task, run_dir: Path, store: Optional[RunStore], ctx) -> None:
             if store is not None:
                 # Before Ray commits the checkpoint: the store never lags behind it.
                 store.push(run_dir)
+            tracker.epoch(row)  # after the checkpoint: an epoch in MLflow is one a resume continues from
             print(summary_line(row, t.epochs, metric, best), flush=True)
             if stopping:
                 print(stopper.message(metric.primary, best), flush=True)
