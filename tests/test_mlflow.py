@@ -173,3 +173,23 @@ def test_long_config_values_fit_mlflow_params(mlflow_server):
     run = client.create_run(client.create_experiment("long-params"))
     _log_params(client, run.info.run_id, params)
     assert client.get_run(run.info.run_id).data.params == params
+
+
+def test_tracking_switched_on_at_resume_logs_the_earlier_epochs_to_a_local_store(shapes_cls, tmp_path, monkeypatch):
+    """A directory as uri (an SQLite store in it, the path made absolute), in this process: a run
+    trained without tracking and resumed with it gets one MLflow run holding both epochs."""
+    monkeypatch.chdir(tmp_path)
+    args = cls_overrides(shapes_cls, tmp_path, "late", **{"ray.num_workers": 0, "train.epochs": 1})
+    run = launch.train(CONFIG, args)
+    assert not (run / "mlflow.json").exists()
+    launch.train(None, ["train.epochs=2", "tracking.mlflow.uri=store", "tracking.mlflow.experiment=late"],
+                 resume=str(run))
+    info = json.loads((run / "mlflow.json").read_text())
+    assert info["tracking_uri"] == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    client = client_of(info["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("late").experiment_id])
+    assert [r.info.run_id for r in runs] == [info["run_id"]] and runs[0].info.status == "FINISHED"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(info["run_id"], "train/loss"))
+    assert history == [(r["epoch"], r["train/loss"]) for r in read_metrics(run)] and len(history) == 2
+    assert runs[0].data.params["train.epochs"] == "2"
+    assert (tmp_path / "store" / "artifacts" / "late" / info["run_id"] / "artifacts" / "report.html").is_file()
