@@ -67,7 +67,7 @@ def client_of(url):
 def test_a_killed_run_resumes_into_the_same_mlflow_run_with_every_epoch_and_its_artefacts(
         ray_cluster, shapes_cls, tmp_path, mlflow_server):
     """As users run it: 2 Ray workers, the driver SIGKILLed once MLflow has an epoch, then
-    --resume: still one MLflow run, every epoch's metrics once at its step, equal to
+    --resume with one more epoch: still one MLflow run, every epoch's metrics once at its step, equal to
     metrics.jsonl; params, tags, plots/ and report.html; `visionkit export` attaches the model."""
     client = client_of(mlflow_server)
     tracking = {"tracking.mlflow.uri": mlflow_server, "tracking.mlflow.experiment": "killed-and-resumed"}
@@ -92,7 +92,7 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_with_every_epoch_and_its_
     assert 1 <= done_before < 4
     assert client.get_run(run_id).info.status == "RUNNING"  # killed: nobody closed it
 
-    launch.train(None, [], resume=str(run), address=ray_cluster)
+    launch.train(None, ["train.epochs=5"], resume=str(run), address=ray_cluster)  # ... and extended
 
     assert json.loads((run / "mlflow.json").read_text())["run_id"] == run_id
     experiment = client.get_experiment_by_name("killed-and-resumed")
@@ -101,12 +101,13 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_with_every_epoch_and_its_
     tracked = client.get_run(run_id)
     assert tracked.info.status == "FINISHED"
     rows = read_metrics(run)
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
     for key in ("train/loss", "val/top1", "lr"):
         history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         assert history == [(r["epoch"], r[key]) for r in rows], key  # each epoch once, at its step
     params = tracked.data.params
     assert params["train.epochs"] == "4" and params["model.hidden"] == "[64]" and params["ray.num_workers"] == "2"
+    assert tracked.data.tags["visionkit.resumed.train.epochs"] == "5"  # a param never changes: the new value is a tag
     assert params["tracking.mlflow.uri"] == mlflow_server and params["data.root"] == str(shapes_cls)
     tags = tracked.data.tags
     assert tags["visionkit.task"] == "classification" and tags["visionkit.model"] == "mlp"
