@@ -194,3 +194,20 @@ def test_tracking_switched_on_at_resume_logs_the_earlier_epochs_to_a_local_store
     assert history == [(r["epoch"], r["train/loss"]) for r in read_metrics(run)] and len(history) == 2
     assert runs[0].data.params["train.epochs"] == "2"
     assert (tmp_path / "store" / "artifacts" / "late" / info["run_id"] / "artifacts" / "report.html").is_file()
+
+
+def test_export_attaches_only_to_a_tracked_run_and_a_server_that_is_gone_only_warns(tmp_path, capsys):
+    from visionkit.tracking.mlflow import attach_export
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx")
+    attach_export(tmp_path, [model], None)  # an untracked run: nothing to do, nothing said
+    assert capsys.readouterr().err == ""
+    with pytest.raises(UserError, match=r"--mlflow: .* was not tracked in MLflow \(no mlflow.json\)"):
+        attach_export(tmp_path, [model], True)
+    (tmp_path / "mlflow.json").write_text(json.dumps({"tracking_uri": f"http://127.0.0.1:{free_port()}", "run_id": "r1"}))
+    attach_export(tmp_path, [model], None)  # tracked, server gone: the export stands, one warning line
+    err = capsys.readouterr().err
+    assert err.startswith("[visionkit] warning: model.onnx not attached to MLflow run r1: ") and err.count("\n") == 1, err
+    with pytest.raises(UserError, match="the model itself is written; --no-mlflow skips this"):
+        attach_export(tmp_path, [model], True)
