@@ -69,6 +69,21 @@ def test_optuna_without_the_package_and_a_grace_period_past_the_epochs_are_one_l
     assert "tune.scheduler.grace_period (3) must be < train.epochs (3)" in capsys.readouterr().err
 
 
+def test_an_unreachable_tracking_server_is_one_line_before_the_search_starts(shapes_cls, tmp_path, capsys):
+    """Checked once by the search's driver, not found by every trial after Ray started."""
+    pytest.importorskip("mlflow")
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tune_config(tmp_path, shapes_cls, {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}})
+    assert cli.main(["tune", config, f"tracking.mlflow.uri=http://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"tracking.mlflow.uri http://127.0.0.1:{port}: no MLflow tracking server" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_space_becomes_ray_tune_domains_and_trial_configs():
     from ray.tune.search.sample import Categorical, Float, Integer
 

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
+from .. import tracking
 from ..config import Config, apply_overrides, read_yaml, resolved_dict, task_configs, validate_section
 from ..errors import ConfigError, UserError
 from ..storage import LocalRun, RunStore, default_endpoint, is_remote, split_run_uri
@@ -69,6 +70,9 @@ class Search:
         self.plugin = launch._plugin_for(cfg, source)
         sections = task_configs(cfg, self.plugin, source, base=base_dir)
         launch._check_devices(cfg, source)
+        # MLflow there and answering, once for the search (each trial's driver opens its own run);
+        # a relative directory URI becomes absolute here, not inside a trial's working directory.
+        tracking.driver(cfg, source)
         self.cfg, self.source, self.sections = cfg, source, sections
         self.resolved = resolved_dict(cfg, sections)
         self.base = {k: v for k, v in self.resolved.items() if k != "tune"}
