@@ -280,3 +280,15 @@ def assemble(entries: list[RawImage], min_box_size: float, keep_empty: bool, sou
     else:
         log.info("%s: %s", source, counts.summary())
     return records, counts
+
+
+def finite_number(text: str, prefix: str) -> float:
+    """``text`` as a float, or a DataError ``"{prefix} {text!r} is not a (finite) number"``: the
+    YOLO and VOC readers' one wording for a bad coordinate."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{prefix} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{prefix} {text!r} is not a finite number")
+    return value

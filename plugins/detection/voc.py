@@ -17,7 +17,6 @@ A bad file stops the run with one line naming the file, the object and the field
 
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
@@ -26,7 +25,7 @@ from visionkit.data.images import IMAGE_SUFFIXES
 from visionkit.datacheck.images import header_size, parallel_map
 from visionkit.errors import DataError
 
-from .coco import CocoSplit, RawImage, RawObject, assemble
+from .coco import CocoSplit, RawImage, RawObject, assemble, finite_number
 
 
 def read_ids(list_file: Path) -> list[str]:
@@ -55,13 +54,7 @@ def _text(node: Optional[ET.Element], tag: str) -> Optional[str]:
 def _number(xml_file: Path, where: str, field: str, text: Optional[str]) -> float:
     if text is None:
         raise DataError(f"{xml_file} {where}: field {field!r} missing")
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(f"{xml_file} {where}: field {field!r}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise DataError(f"{xml_file} {where}: field {field!r}: {text!r} is not a finite number")
-    return value
+    return finite_number(text, f"{xml_file} {where}: field {field!r}:")
 
 
 def object_names(xml_file: Path) -> list[str]:

@@ -18,7 +18,6 @@ A bad line stops the run with one line naming the file, the line and the value.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from visionkit.data.images import IMAGE_SUFFIXES
 from visionkit.datacheck.images import header_sizes
 from visionkit.errors import DataError
 
-from .coco import CocoSplit, RawImage, RawObject, assemble
+from .coco import CocoSplit, RawImage, RawObject, assemble, finite_number
 
 _FIELDS = ("x_center", "y_center", "width", "height")
 
@@ -119,16 +118,6 @@ def label_file(image: Path) -> Path:
     return Path(text).with_suffix(".txt")
 
 
-def _number(value: str, where: str, what: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise DataError(f"{where}: {what} {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise DataError(f"{where}: {what} {value!r} is not a finite number")
-    return number
-
-
 def parse_labels(label: Path, names: list[str], yaml_path: Path) -> list[tuple[int, tuple[float, float, float, float]]]:
     """``(class, (x_center, y_center, width, height))`` per object, fractions of the image."""
     try:
@@ -144,10 +133,10 @@ def parse_labels(label: Path, names: list[str], yaml_path: Path) -> list[tuple[i
         if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
             raise DataError(f"{where}: expected 5 values (class x_center y_center width height) or a polygon "
                             f"(class x1 y1 x2 y2 x3 y3 ...), got {len(values)}")
-        cls = _number(values[0], where, "class")
+        cls = finite_number(values[0], f"{where}: class")
         if cls != int(cls) or not 0 <= cls < len(names):
             raise DataError(f"{where}: class {values[0]} is not in {yaml_path.name} names (0-{len(names) - 1})")
-        coords = [_number(v, where, _FIELDS[i] if len(values) == 5 else f"coordinate {i + 1}")
+        coords = [finite_number(v, f"{where}: {_FIELDS[i] if len(values) == 5 else f'coordinate {i + 1}'}")
                   for i, v in enumerate(values[1:])]
         for i, v in enumerate(coords):
             if not 0.0 <= v <= 1.0:
