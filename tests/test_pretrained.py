@@ -169,6 +169,7 @@ def test_a_missing_file_is_one_line_saying_what_to_run_before_ray_starts(cache, 
         "model.name": "resnet18", "model.pretrained": "DEFAULT"})])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"visionkit: error: {CONFIG} (with command-line overrides): model.pretrained: "), err
     assert "run `visionkit weights fetch resnet18 IMAGENET1K_V1` on a machine with a network" in err
     assert f"copy {name} into {cache}" in err
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()

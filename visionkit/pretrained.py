@@ -187,10 +187,14 @@ def selected(section: Any) -> list[tuple[str, Published]]:
     return chosen
 
 
-def check_section(section: Any) -> None:
-    """The driver's check before Ray starts: each requested file is cached and intact."""
-    for field, published in selected(section):
-        check_cached(published, field)
+def check_section(section: Any, source: str) -> None:
+    """The driver's check before Ray starts: each requested file is cached and intact (errors
+    name the config file ``source``)."""
+    try:
+        for field, published in selected(section):
+            check_cached(published, field)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_pretrained(module, model: str, name: str, strict: bool) -> None:

@@ -367,7 +367,7 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
     if resumed is None:  # published weights named and cached (a resume reads the checkpoint's)
         from ..pretrained import check_section
 
-        check_section(sections.model)
+        check_section(sections.model, source)
     resolved = resolved_dict(cfg, sections)
     if resumed is not None:
         # Before anything is written: a refused override leaves config.yaml as it was.

@@ -161,7 +161,7 @@ def tune(config_path: Optional[str], overrides: list[str], resume: Optional[str]
         _preflight(search.plugin, search.sections)  # bad data fails here, not in every trial
         from ..pretrained import check_section
 
-        check_section(search.sections.model)  # model.pretrained's file cached and intact, likewise
+        check_section(search.sections.model, search.source)  # model.pretrained's file cached and intact, likewise
         tune_dir = _new_tune_dir(search, config_path)
         tune_dir.write_bytes(TUNE_FILE, yaml.safe_dump(search.resolved, sort_keys=False).encode())
     results = _run(search, tune_dir, restore=bool(resume), address=address or search.cfg.ray.address)
