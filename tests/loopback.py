@@ -64,7 +64,7 @@ class LoopbackCluster:
     def __init__(self, head_cpus: int = 2, node_cpus: int = 1, env: dict | None = None,
                  system_config: dict | None = None):
         self.head_cpus, self.node_cpus, self.system_config = head_cpus, node_cpus, system_config
-        # Token authentication (Ray's default for a new head) must be switched on explicitly for a
+        # Token authentication (on for a head that has a token: _ensure_token) must be switched on for a
         # node that joins; both use the token in ~/.ray/auth_token (or $RAY_AUTH_TOKEN).
         self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
                     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # stop() stops, no 30 s drain
@@ -112,7 +112,15 @@ class LoopbackCluster:
     def alive(self) -> list[dict]:
         return [n for n in self.nodes() if n["state"] == "ALIVE"]
 
+    def _ensure_token(self) -> None:
+        """``ray start --head`` with RAY_AUTH_MODE=token refuses to start without a token (Ray 2.60
+        makes one by itself only for a local ``ray.init()``), so a fresh machine gets one the way
+        Ray's own message says: ``ray get-auth-token --generate`` (a no-op when one exists)."""
+        subprocess.run([RAY, "get-auth-token", "--generate"], env=self.env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
     def start(self) -> "LoopbackCluster":
+        self._ensure_token()
         self.head = self._ray_start(
             ["--head", "--port", str(self.gcs_port), "--num-cpus", str(self.head_cpus), "--resources", '{"head": 1}',
              "--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
