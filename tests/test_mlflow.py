@@ -183,8 +183,18 @@ def test_tracking_switched_on_at_resume_logs_the_earlier_epochs_to_a_local_store
     args = cls_overrides(shapes_cls, tmp_path, "late", **{"ray.num_workers": 0, "train.epochs": 1})
     run = launch.train(CONFIG, args)
     assert not (run / "mlflow.json").exists()
-    launch.train(None, ["train.epochs=2", "tracking.mlflow.uri=store", "tracking.mlflow.experiment=late"],
-                 resume=str(run))
+    resumed = ["train.epochs=2", "tracking.mlflow.uri=store", "tracking.mlflow.experiment=late"]
+    # The store answers the pre-flight but the run cannot be opened (a server gone in between):
+    # one line, and the resumed run's config.yaml is as it was.
+    from visionkit.tracking.mlflow import DriverTracker
+
+    saved = (run / "config.yaml").read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(DriverTracker, "_experiment_id", lambda self: (_ for _ in ()).throw(OSError("connection refused")))
+        with pytest.raises(UserError, match=r"tracking.mlflow.uri sqlite:.*mlflow.db: connection refused"):
+            launch.train(None, resumed, resume=str(run))
+    assert (run / "config.yaml").read_bytes() == saved and not (run / "mlflow.json").exists()
+    launch.train(None, resumed, resume=str(run))
     info = json.loads((run / "mlflow.json").read_text())
     assert info["tracking_uri"] == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     client = client_of(info["tracking_uri"])

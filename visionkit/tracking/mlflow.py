@@ -245,8 +245,8 @@ class DriverTracker:
             return found.experiment_id
 
     def begin(self, run, resolved: dict[str, Any], resumed) -> dict[str, Any]:
-        """Opens the MLflow run for ``run`` (a LocalRun or RunStore whose config.yaml is written);
-        returns what rank 0 needs to log to it."""
+        """Opens the MLflow run for ``run`` (a LocalRun or RunStore; called before its config.yaml
+        is written) and returns what rank 0 needs to log to it."""
         from .. import __version__
 
         params = dict(flatten(resolved))

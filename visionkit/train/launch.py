@@ -379,12 +379,14 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
     if not resume:
         run = _new_run(cfg, Path(config_path))
         resolved = resolved_dict(cfg, sections)
+    # A resume continues the MLflow run in RUN/mlflow.json. Opened before config.yaml is written:
+    # a server that went away since the pre-flight leaves a resumed run's config.yaml as it was.
+    tracked = tracker.begin(run, resolved, resumed)
     run.write_bytes("config.yaml", yaml.safe_dump(resolved, sort_keys=False).encode())
 
     # Progress bars only on a terminal: in a log file, CI or `ray job logs`, one line per epoch.
     job = {"config": resolved, "run_dir": run.uri, "source": source, "progress": cfg.train.progress and _terminal(),
-           "resume_from": f"{run.uri}/checkpoints/last.pt" if resume else None}
-    job["mlflow"] = tracker.begin(run, resolved, resumed)  # a resume continues the run in RUN/mlflow.json
+           "resume_from": f"{run.uri}/checkpoints/last.pt" if resume else None, "mlflow": tracked}
     if cfg.ray.num_workers == 0:
         print(f"[visionkit] {cfg.task}: training in this process; run directory {run.uri}", flush=True)
     from . import loop
