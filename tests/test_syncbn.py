@@ -1,8 +1,10 @@
 """train.sync_bn: BatchNorm statistics over every worker's batch, with gloo on CPUs (where torch's
-own SyncBatchNorm refuses to run). One 2-worker Ray run; the rest in this process."""
+own SyncBatchNorm refuses to run). One 2-worker Ray run, the layer itself on two gloo processes
+spawned here, the rest in this process."""
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from visionkit import checkpoint
 from visionkit.config import load_config
@@ -116,3 +118,89 @@ def test_the_cpu_module_is_a_batchnorm_with_the_same_tensors():
     torch.testing.assert_close(converted.state_dict(), reference.state_dict())
     with pytest.raises(ValueError, match="expected at least 2D input"):
         converted[1](torch.randn(4))
+
+
+# Images per rank: uneven, and a rank with none (its batch ran out: torch's SyncBatchNorm leaves
+# it out of the statistics). Each case trains 3 steps: momentum None is the cumulative average.
+GLOO_CASES = [(sizes, affine, momentum) for sizes in ((3, 5), (0, 4)) for affine in (True, False)
+              for momentum in (None, 0.1)]
+GLOO_STEPS = 3
+
+
+def gloo_case(k: int, layer: type) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Case k's layer (float64, the same initial weights on every rank and in the reference) and
+    its steps' global batch and upstream gradient, the same on every rank."""
+    sizes, affine, momentum = GLOO_CASES[k]
+    g = torch.Generator().manual_seed(k)
+    bn = layer(3, momentum=momentum, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            bn.weight.copy_(torch.rand(3, generator=g, dtype=torch.float64) + 0.5)
+            bn.bias.copy_(torch.randn(3, generator=g, dtype=torch.float64))
+    shape = (sum(sizes), 3, 4, 5)
+    steps = [(torch.randn(shape, generator=g, dtype=torch.float64) * (step + 1) + step,
+              torch.randn(shape, generator=g, dtype=torch.float64)) for step in range(GLOO_STEPS)]
+    return bn, steps
+
+
+def gloo_rank(rank: int, port: int, out) -> None:
+    """One of two gloo processes: every case's steps on this rank's share of the global batch."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    results = []
+    try:
+        for k, (sizes, _, _) in enumerate(GLOO_CASES):
+            bn, steps = gloo_case(k, syncbn.CPUSyncBatchNorm)
+            mine = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+            seen = []
+            for x, dy in steps:
+                x = x[mine].clone().requires_grad_()
+                y = bn(x)
+                (y * dy[mine]).sum().backward()  # a sum over images: the global batch's is the ranks' sum
+                grads = [p.grad for p in bn.parameters()]
+                for grad in grads:  # as DDP does, but summed (DDP averages a mean loss)
+                    dist.all_reduce(grad)
+                seen.append({"y": y.detach(), "dx": x.grad, "grads": [g.clone() for g in grads]})
+                bn.zero_grad(set_to_none=True)
+            results.append({"steps": seen, "buffers": dict(bn.named_buffers())})
+    finally:
+        dist.destroy_process_group()
+    torch.save(results, out / f"rank{rank}.pt")
+
+
+def test_cpu_sync_batchnorm_on_two_gloo_processes_is_one_batchnorm_on_their_batches(tmp_path):
+    """The layer that train.sync_bn puts in on CPUs, on two real gloo processes with uneven
+    batches and an empty one: output, input and parameter gradients and running statistics are
+    those of one BatchNorm2d that sees the concatenated batch (float64: rounding only)."""
+    from loopback import free_port
+
+    torch.multiprocessing.spawn(gloo_rank, args=(free_port(), tmp_path), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    for k, (sizes, affine, momentum) in enumerate(GLOO_CASES):
+        case = f"images per rank {sizes}, affine {affine}, momentum {momentum}"
+        bn, steps = gloo_case(k, torch.nn.BatchNorm2d)
+        for step, (x, dy) in enumerate(steps):
+            x = x.clone().requires_grad_()
+            y = bn(x)
+            (y * dy).sum().backward()
+            grads = [p.grad for p in bn.parameters()]
+            assert len(grads) == 2 * affine
+            for rank, result in enumerate(ranks):
+                got, mine = result[k]["steps"][step], slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+                where = f"{case}, step {step}, rank {rank}"
+                torch.testing.assert_close(got["y"], y[mine].detach(), msg=f"{where}: output")
+                torch.testing.assert_close(got["dx"], x.grad[mine], msg=f"{where}: input gradient")
+                for name, ours, theirs in zip(("weight", "bias"), got["grads"], grads):
+                    torch.testing.assert_close(ours, theirs, msg=f"{where}: {name} gradient")
+            bn.zero_grad(set_to_none=True)
+        reference = dict(bn.named_buffers())
+        assert int(reference["num_batches_tracked"]) == GLOO_STEPS
+        for rank, result in enumerate(ranks):
+            for name, value in reference.items():
+                torch.testing.assert_close(result[k]["buffers"][name], value, msg=f"{case}, rank {rank}: {name}")
+
+    # What the comparison tells apart: rank 1's own 5 images give other statistics.
+    alone, steps = gloo_case(0, torch.nn.BatchNorm2d)
+    for x, _ in steps:
+        alone(x[3:])
+    assert not torch.allclose(alone.running_mean, ranks[1][0]["buffers"]["running_mean"], rtol=0.01)

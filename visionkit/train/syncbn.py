@@ -45,8 +45,11 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         channels = x.size(1)
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
         # Each worker's own count, mean and (biased) variance; torch.var_mean is numerically stable.
-        var, mean = torch.var_mean(xf, dim=dims, correction=0)
         count = x.numel() // channels
+        if count:
+            var, mean = torch.var_mean(xf, dim=dims, correction=0)
+        else:  # an empty batch: its NaN mean would poison the sums below even at count 0 (0 * NaN)
+            var = mean = xf.new_zeros(channels)
         local = torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=x.device),
                            mean.double(), var.double()])
         gathered = [torch.empty_like(local) for _ in range(world_size)]
@@ -57,7 +60,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         if total <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)} "
                              "on every worker together")
-        # Chan et al.: the global mean and variance from the per-worker ones, exactly.
+        # Chan et al.: the global mean and variance from the per-worker ones, exactly (a worker
+        # with no images weighs 0, as torch's SyncBatchNorm filters it out).
         g_mean = (counts * means).sum(0) / total
         g_var = (counts * (variances + (means - g_mean) ** 2)).sum(0) / total
         if running_mean is not None:
