@@ -108,7 +108,10 @@ def test_the_cpu_module_is_a_batchnorm_with_the_same_tensors():
                                    torch.nn.Linear(4 * 36, 3), torch.nn.BatchNorm1d(3, affine=False),
                                    torchvision.ops.FrozenBatchNorm2d(3))
 
-    reference, converted = build(), syncbn.convert(build(), torch.device("cpu"))
+    reference, original = build(), build()
+    original[1].qconfig = torch.ao.quantization.default_qconfig  # kept, as torch's convert_sync_batchnorm keeps it
+    converted = syncbn.convert(original, torch.device("cpu"))
+    assert converted[1].qconfig is torch.ao.quantization.default_qconfig
     kinds = [type(m).__name__ for m in converted.modules()]
     assert kinds.count("CPUSyncBatchNorm") == 2 and "FrozenBatchNorm2d" in kinds
     assert list(converted.state_dict()) == list(reference.state_dict())

@@ -78,7 +78,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         if bias is not None:
             y = y + bias.to(xf.dtype).view(shape)
         ctx.save_for_backward(x, weight, mean_c, invstd)
-        ctx.total, ctx.group, ctx.has_bias = float(total), group, bias is not None
+        ctx.total, ctx.group, ctx.bias_dtype = float(total), group, None if bias is None else bias.dtype
         return y.to(x.dtype)
 
     @staticmethod
@@ -93,7 +93,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         sum_dy_xmu = (dyf * xmu).sum(dims)
         # This worker's share of the parameter gradients: DDP averages them over the workers.
         grad_weight = (sum_dy_xmu * invstd).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        grad_bias = sum_dy.to(dy.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_bias = sum_dy.to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None
         grad_input = None
         if ctx.needs_input_grad[0]:
             # The input gradient depends on every worker's dy through the shared mean and variance.
@@ -153,6 +153,8 @@ def _convert_cpu(module: torch.nn.Module) -> torch.nn.Module:
         out.running_var = module.running_var
         out.num_batches_tracked = module.num_batches_tracked
         out.training = module.training
+        if hasattr(module, "qconfig"):
+            out.qconfig = module.qconfig
     for name, child in module.named_children():
         out.add_module(name, _convert_cpu(child))
     return out
