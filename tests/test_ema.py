@@ -9,7 +9,7 @@ import torch
 from visionkit import checkpoint
 from visionkit.config import EMAConfig, load_config
 from visionkit.errors import ConfigError
-from visionkit.train import launch
+from visionkit.train import launch, loop
 from visionkit.train.ema import EMA, decay_at
 from visionkit.train.runlog import read_metrics
 
@@ -53,31 +53,57 @@ def test_the_average_covers_parameters_and_float_buffers_and_warms_up(tmp_path):
         load_config(config, ["train.ema={warmup: 3}"])
 
 
-def test_a_resume_mid_run_gives_the_same_ema_weights_bit_for_bit(shapes_cls, tmp_path, one_thread, capsys):
-    """The cut happens inside the warmup (10 steps an epoch, 25 of warmup): a resume that
-    restarted the average, its update count, or took the average for the trained weights would
-    end elsewhere. Then what the run's EMA weights are used for: the metric logged at the best
-    epoch is theirs, and eval and export read them."""
-    extra = {"ray.num_workers": 0, "data.train_transforms": FLIPS, "train.optimizer.name": "adamw",
-             "train.optimizer.weight_decay": 0.05, "train.ema.decay": 0.9, "train.ema.warmup_steps": 25}
+def test_a_resume_after_a_crash_gives_the_same_ema_weights_bit_for_bit(shapes_cls, tmp_path, one_thread, capsys,
+                                                                       monkeypatch):
+    """As the demo trains (ResNet-18 and its BatchNorm, the flips, AdamW with a warmup and a cosine
+    LR), killed after epoch 2's checkpoint, inside the EMA warmup (10 steps an epoch, 25 of
+    warmup), and resumed: the average (weights and BatchNorm statistics), the trained weights and
+    the update count are those of a run never interrupted, bit for bit. A resume that restarted
+    the average or its update count, or took the average for the trained weights, would end
+    elsewhere. Then what the run's EMA weights are used for: the metric logged at the best epoch
+    is theirs, and eval and export read them."""
+    extra = {"ray.num_workers": 0, "model.name": "resnet18", "data.train_transforms": FLIPS,
+             "train.optimizer.name": "adamw", "train.optimizer.weight_decay": 0.05, "train.scheduler.name": "cosine",
+             "train.scheduler.warmup_epochs": 1, "train.ema.decay": 0.9, "train.ema.warmup_steps": 25}
     straight = launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "straight", **extra))
     assert "evaluating EMA weights" in capsys.readouterr().out
-    cut = launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "cut", **{**extra, "train.epochs": 2}))
+
+    real_save = loop.save_checkpoint
+
+    def crash_after_epoch_2(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        if args[6] == 1:  # epoch index
+            raise KeyboardInterrupt("driver killed")
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "crashed", **extra))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    crashed = tmp_path / "crashed"
+    assert checkpoint.load(crashed / "checkpoints" / "last.pt").ema["updates"] == 20
     no_ema = tmp_path / "no_ema"
-    shutil.copytree(cut, no_ema)
-    launch.train(None, ["train.epochs=3"], resume=str(cut))
+    shutil.copytree(crashed, no_ema)
+    launch.train(None, [], resume=str(crashed))
 
     a = checkpoint.load(straight / "checkpoints" / "last.pt")
-    b = checkpoint.load(cut / "checkpoints" / "last.pt")
+    b = checkpoint.load(crashed / "checkpoints" / "last.pt")
     assert a.weights == b.weights == "ema" and a.ema == b.ema == {"updates": 30, "decay": 0.9, "warmup_steps": 25}
     for name in ("model", "trained_model"):
         for key, value in getattr(a, name).items():
             assert torch.equal(getattr(b, name)[key], value), f"{name}.{key}"
-    assert any(not torch.equal(a.model[k], a.trained_model[k]) for k in a.model), "the average is the weights"
-    assert [r["val/top1"] for r in read_metrics(cut)] == [r["val/top1"] for r in read_metrics(straight)]
+    statistics = [k for k in a.model if k.endswith(("running_mean", "running_var"))]
+    assert len(statistics) == 2 * 20  # ResNet-18's BatchNorm layers: the average's own statistics
+    assert all(not torch.equal(a.model[k], a.trained_model[k]) for k in statistics), "a copy of the trained statistics"
+    assert all(int(a.model[k]) == 30 for k in a.model if k.endswith("num_batches_tracked"))
+    rows, ref = read_metrics(crashed), read_metrics(straight)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [(r["train/loss"], r["lr"], r["val/top1"]) for r in rows] == [(r["train/loss"], r["lr"], r["val/top1"])
+                                                                         for r in ref]
+    assert len({r["lr"] for r in rows}) == 3  # the LR moved at every epoch
 
     # EMA turned off at resume: training continues from the trained weights, not the average.
-    launch.train(None, ["train.epochs=3", "train.ema=null"], resume=str(no_ema))
+    launch.train(None, ["train.ema=null"], resume=str(no_ema))
     c = checkpoint.load(no_ema / "checkpoints" / "last.pt")
     assert c.weights == "trained" and c.trained_model is None and c.ema is None
     assert all(torch.equal(c.model[k], v) for k, v in a.trained_model.items())
