@@ -65,6 +65,51 @@ def test_a_corrupt_or_empty_image_is_an_error(capsys, data, content):
     assert len(errors) == 1 and ("empty file (0 bytes)" if not content else "cannot decode image") in errors[0]
 
 
+def truncated(root: Path, fmt: str) -> Path:
+    """Train image 6 as a real encoder writes it (synth's PNG, or PIL's JPEG of its pixels, the
+    annotation renamed to it), then cut inside its pixel data: its header still opens."""
+    from PIL import Image
+
+    png = root / "images" / "train" / "train_00006.png"
+    if fmt == "jpeg":
+        path = png.with_suffix(".jpg")
+        Image.open(png).convert("RGB").save(path, "JPEG", quality=90)
+        png.unlink()
+        edit(root, lambda c: next(i for i in c["images"] if i["file_name"] == png.name).update(file_name=path.name))
+    else:
+        path = png
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    with Image.open(path) as img:
+        assert img.size == (32, 32)  # the header-only read passes it: the case the tail read is for
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_a_truncated_image_is_an_error(capsys, data, fmt):
+    bad = truncated(data, fmt)
+    code, out = check(capsys, data)
+    assert code == 2
+    errors = [line for line in out.splitlines() if str(bad) in line]
+    assert len(errors) == 1 and f"{bad}: truncated image: the {fmt.upper()} file" in errors[0], out
+
+
+def test_bytes_after_a_jpegs_end_marker_are_not_truncation(capsys, data):
+    """Padding or a maker's trailer after FFD9, short (in the tail read) or longer than it (the
+    decode decides): PIL decodes both, so both train."""
+    from PIL import Image
+
+    png = data / "images" / "train" / "train_00006.png"
+    for name, extra in (("short.jpg", b"\0" * 100), ("long.jpg", b"\xff\0trailer" * 1000)):
+        path = png.with_name(name)
+        Image.open(png).convert("RGB").save(path, "JPEG")
+        path.write_bytes(path.read_bytes() + extra)
+    json_images = lambda c: c["images"][5:7]  # noqa: E731
+    edit(data, lambda c: [img.update(file_name=n) for img, n in zip(json_images(c), ("short.jpg", "long.jpg"))])
+    code, out = check(capsys, data)
+    assert code == 0 and "no problems found" in out, out
+
+
 def test_a_size_unlike_the_annotation_is_an_error(capsys, data):
     edit(data, lambda c: c["images"][1].update(width=40))
     code, out = check(capsys, data)
@@ -166,6 +211,17 @@ def test_train_stops_on_a_zero_byte_image_before_ray_starts(capsys, data, tmp_pa
     code, out = train_cli(capsys, DET, f"data.root={data}", f"output.storage_path={tmp_path / 'runs'}")
     assert code == 2
     assert out.strip().splitlines()[-1] == f"visionkit: error: {bad}: empty file (0 bytes), not an image"
+    assert "Traceback" not in out and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_train_stops_on_a_truncated_image_before_ray_starts(capsys, data, tmp_path, no_ray, fmt):
+    bad = truncated(data, fmt)
+    code, out = train_cli(capsys, DET, f"data.root={data}", f"output.storage_path={tmp_path / 'runs'}")
+    assert code == 2
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"visionkit: error: {bad}: truncated image: the {fmt.upper()} file ("), out
+    assert "does not decode (image file is truncated" in last
     assert "Traceback" not in out and not (tmp_path / "runs").exists()
 
 

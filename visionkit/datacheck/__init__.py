@@ -6,8 +6,9 @@ annotation parsed, with the plugin's own one-line errors), then the plugin descr
 annotation states, its class labels, and findings of its own such as degenerate boxes), and this
 module reads the images (in parallel), counts classes, and compares the splits:
 
-* every image's header (decodable format, size as annotated), PIL's ``verify()`` and a content
-  hash (full check); headers only (the pre-flight of ``visionkit train``, :func:`preflight`);
+* every image's header (decodable format, size as annotated) and end (a file cut short,
+  :func:`.images.missing_end`), PIL's ``verify()`` and a content hash (full check); headers and
+  ends only (the pre-flight of ``visionkit train``, :func:`preflight`);
 * class histogram per split, images without objects, classes present in val but not in train;
 * exact-duplicate images (sha1 of the bytes) within a split, and val images that are in train.
 
@@ -31,7 +32,7 @@ from .images import inspect_all, parallel_map
 SPLITS = ("train", "val")
 #: images read per split by ``data check`` unless --limit says otherwise
 FULL_LIMIT = 20000
-#: images whose headers the pre-flight of ``visionkit train`` reads per split
+#: images whose header and end the pre-flight of ``visionkit train`` reads per split
 PREFLIGHT_LIMIT = 5000
 #: examples named per finding
 EXAMPLES = 3
@@ -193,7 +194,7 @@ def _compare(report: Report) -> None:
 def check_datasets(plugin, datasets: dict[str, Any], mode: str = "full", limit: Optional[int] = FULL_LIMIT,
                    decode: bool = False, report: Optional[Report] = None) -> Report:
     """Checks built datasets (``{"train": ..., "val": ...}``). ``mode``: ``full`` (headers,
-    verify, hashes, the plugin's deep check, histograms, comparisons) or ``fast`` (headers only)."""
+    verify, hashes, the plugin's deep check, histograms, comparisons) or ``fast`` (headers and ends)."""
     report = report or Report()
     report.mode = mode
     tic = time.perf_counter()
@@ -231,7 +232,7 @@ def check(plugin, data: Any, limit: Optional[int] = FULL_LIMIT, decode: bool = F
 
 
 def preflight(plugin, datasets: dict[str, Any], limit: Optional[int] = PREFLIGHT_LIMIT) -> Report:
-    """The fast form, run by ``visionkit train`` before Ray starts: image headers (at most
+    """The fast form, run by ``visionkit train`` before Ray starts: image headers and ends (at most
     ``limit`` per split, spread evenly); the first error is raised as one line."""
     report = check_datasets(plugin, datasets, "fast", limit)
     if report.errors:
