@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -223,6 +224,49 @@ def test_train_stops_on_a_truncated_image_before_ray_starts(capsys, data, tmp_pa
     assert last.startswith(f"visionkit: error: {bad}: truncated image: the {fmt.upper()} file ("), out
     assert "does not decode (image file is truncated" in last
     assert "Traceback" not in out and not (tmp_path / "runs").exists()
+
+
+def test_train_says_what_its_pre_flight_read(capsys, data, tmp_path, no_ray):
+    with pytest.raises(RayStarted):  # the pre-flight passed; the run goes on to start Ray
+        main(["train", DET, f"data.root={data}", f"output.storage_path={tmp_path / 'runs'}", "ray.num_workers=1"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[visionkit] data: ")]
+    assert len(lines) == 1 and re.fullmatch(r"\[visionkit\] data: 8 train / 4 val samples; headers and ends of 12 "
+                                            r"images read \(all\), no problems, \d+\.\d\d s", lines[0]), lines
+
+
+def test_the_pre_flight_line_names_the_sampling(scenes):
+    from visionkit.datacheck import preflight, preflight_line
+    from visionkit.registry import get_plugin
+    from visionkit_plugins.detection.config import DataConfig
+
+    plugin = get_plugin("detection")
+    datasets = {s: plugin.build_dataset(DataConfig(root=scenes), s) for s in ("train", "val")}
+    line = preflight_line(preflight(plugin, datasets, limit=4))
+    assert line.startswith("data: 8 train / 4 val samples; headers and ends of 8 images read (train every 2nd), "), line
+
+
+def masks_config(root: Path, tmp_path: Path) -> list[str]:
+    """The segmentation demo with data.verify off: masks are not decoded when the dataset is built."""
+    return [SEG, f"data.root={root}", "data.verify=false", f"output.storage_path={tmp_path / 'runs'}"]
+
+
+def test_train_reads_the_sampled_masks_before_ray_starts(capsys, data, tmp_path, no_ray):
+    with pytest.raises(RayStarted):
+        main(["train", *masks_config(data, tmp_path), "ray.num_workers=1"])
+    assert "headers and ends of 12 images and 12 masks read (all), no problems" in capsys.readouterr().out
+    mask = data / "masks" / "train" / "train_00003.png"
+    whole = mask.read_bytes()
+    mask.write_bytes(whole[: len(whole) * 2 // 3])
+    code, out = train_cli(capsys, *masks_config(data, tmp_path))
+    assert code == 2 and "Traceback" not in out
+    assert out.strip().splitlines()[-1].startswith(f"visionkit: error: {mask}: truncated image: the PNG file ("), out
+    from PIL import Image
+
+    Image.new("P", (16, 32)).save(mask)
+    code, out = train_cli(capsys, *masks_config(data, tmp_path))
+    assert code == 2 and out.strip().splitlines()[-1] == (
+        f"visionkit: error: {mask}: mask is 16x32 pixels but its image {data / 'images' / 'train' / 'train_00003.png'} "
+        "is 32x32"), out
 
 
 def test_train_stops_on_an_unknown_model_before_ray_starts(capsys, shapes_cls, tmp_path, no_ray):

@@ -1,6 +1,7 @@
-"""``check_data`` for segmentation: image files (COCO: with the size the JSON states); the full
-check decodes each mask (values within the classes, size as the image's) and counts, per class,
-the images that contain it."""
+"""``check_data`` for segmentation: image files (COCO: with the size the JSON states) and mask
+files (header and end, size as the image's: the pre-flight reads them too, as masks are decoded
+at build time only with ``data.verify``); the full check decodes each mask (values within the
+classes) and counts, per class, the images that contain it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from .data import IGNORE_INDEX, CocoMasks, check_mask
 def check_data(dataset, split: str) -> SplitCheck:
     source = dataset.source
     coco = isinstance(source, CocoMasks)
-    samples = [Sample(path, source.size(i) if coco else None, None, source.name(i) if coco else "")
+    samples = [Sample(path, source.size(i) if coco else None, None, source.name(i) if coco else "",
+                      None if coco else source.masks[i])
                for i, path in enumerate(source.images)]
     num_classes = len(dataset.classes)
 

@@ -46,6 +46,8 @@ class Sample:
     size: Optional[tuple[int, int]] = None  # (width, height) the annotation states; checked against the header
     labels: Optional[list[int]] = None  # a class index per object (classification: the image's class)
     where: str = ""  # what states ``size``, for messages (e.g. "instances_train.json: image id 7")
+    #: a label file read like an image (segmentation's mask PNG): header and end; its size must be the image's
+    mask: Optional[Path] = None
 
 
 @dataclass
@@ -82,6 +84,8 @@ class SplitSummary:
     samples: int = 0
     checked: int = 0
     step: int = 1
+    read: int = 0  # image files read (checked samples that have one)
+    masks: int = 0  # mask files read
     objects: int = 0
     empty: int = 0
     histogram: Counter = field(default_factory=Counter)
@@ -114,6 +118,10 @@ def spread(n: int, limit: Optional[int]) -> list[int]:
     return sorted({i * n // limit for i in range(limit)})
 
 
+def _nth(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 < 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def _examples(items: list[str]) -> str:
     shown = ", ".join(items[:EXAMPLES])
     return shown + (f" (+{len(items) - EXAMPLES} more)" if len(items) > EXAMPLES else "")
@@ -125,19 +133,27 @@ def _check_images(split: str, check: SplitCheck, summary: SplitSummary, full: bo
     summary.checked = len(chosen)
     summary.step = max(1, round(len(check.samples) / len(chosen))) if chosen else 1
     with_files = [i for i in chosen if check.samples[i].image is not None]
+    with_masks = [i for i in with_files if check.samples[i].mask is not None]
+    summary.read, summary.masks = len(with_files), len(with_masks)
     facts = inspect_all([check.samples[i].image for i in with_files], verify=full, digest=full, decode=decode)
+    masks = dict(zip(with_masks, inspect_all([check.samples[i].mask for i in with_masks])))
+    failed = set()  # samples with a file error: the deep check would only say it again
     for i, fact in zip(with_files, facts):
-        sample = check.samples[i]
-        if fact.error:
-            report.findings.append(Finding("error", split, fact.error))
-        elif sample.size is not None and tuple(fact.size) != tuple(sample.size):
-            where = sample.where or str(sample.image)
-            report.findings.append(Finding(
-                "error", split, f"{where}: the annotation gives the image as {sample.size[0]}x{sample.size[1]} "
-                f"pixels but {fact.path} is {fact.size[0]}x{fact.size[1]}"))
+        sample, mask = check.samples[i], masks.get(i)
+        problem = fact.error or (mask.error if mask is not None else None)
+        if problem is None and sample.size is not None and tuple(fact.size) != tuple(sample.size):
+            problem = (f"{sample.where or sample.image}: the annotation gives the image as {sample.size[0]}x"
+                       f"{sample.size[1]} pixels but {fact.path} is {fact.size[0]}x{fact.size[1]}")
+        if problem is None and mask is not None and tuple(mask.size) != tuple(fact.size):
+            problem = (f"{mask.path}: mask is {mask.size[0]}x{mask.size[1]} pixels but its image {fact.path} is "
+                       f"{fact.size[0]}x{fact.size[1]}")
+        if problem is not None:
+            report.findings.append(Finding("error", split, problem))
+            failed.add(i)
         if fact.digest:
             summary.digests.setdefault(fact.digest, []).append(fact.path)
     if full and check.deep is not None:
+        chosen = [i for i in chosen if i not in failed]
         def run(i: int):
             try:
                 return check.deep(i), None
@@ -242,6 +258,20 @@ def preflight(plugin, datasets: dict[str, Any], limit: Optional[int] = PREFLIGHT
     return report
 
 
+def preflight_line(report: Report) -> str:
+    """What a passed pre-flight read, in one line for ``visionkit train``'s log."""
+    splits = [s for s in report.splits.values() if s.built]
+    sizes = " / ".join(f"{s.samples} {s.name}" for s in splits)
+    read, masks = sum(s.read for s in splits), sum(s.masks for s in splits)
+    if not read:
+        what = "no image files to read (the samples are arrays)"
+    else:
+        sampled = [f"{s.name} every {_nth(s.step)}" for s in splits if s.step > 1]
+        files = f"{read} images" + (f" and {masks} masks" if masks else "")
+        what = f"headers and ends of {files} read ({', '.join(sampled) if sampled else 'all'})"
+    return f"data: {sizes} samples; {what}, no problems, {report.seconds:.2f} s"
+
+
 def format_report(report: Report, max_lines: int = 20) -> str:
     """The summary table, the class histogram and the findings, as printed by ``data check``."""
     lines = []
@@ -251,7 +281,7 @@ def format_report(report: Report, max_lines: int = 20) -> str:
         if not s.built:
             rows.append((s.name, "not built", "-", *(("-",) if objects else ()), "-"))
             continue
-        checked = f"{s.checked}" + (f" (every {s.step}th)" if s.step > 1 else "")
+        checked = f"{s.checked}" + (f" (every {_nth(s.step)})" if s.step > 1 else "")
         rows.append((s.name, str(s.samples), checked, *((str(s.objects),) if objects else ()), str(s.empty)))
     lines += _table(rows)
     if report.classes and any(s.histogram for s in report.splits.values()):
@@ -294,5 +324,5 @@ def default_check(dataset: Any, split: str) -> SplitCheck:
     return SplitCheck(list(getattr(dataset, "classes", [])), samples, deep=deep, report_empty=False)
 
 
-__all__ = ["Sample", "SplitCheck", "Report", "Finding", "check", "check_datasets", "preflight", "format_report",
-           "default_check", "spread"]
+__all__ = ["Sample", "SplitCheck", "Report", "Finding", "check", "check_datasets", "preflight", "preflight_line",
+           "format_report", "default_check", "spread"]

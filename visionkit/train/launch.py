@@ -42,7 +42,7 @@ def _check_devices(cfg: Config, source: str) -> None:
 def _preflight(plugin, sections, resumed: Optional[Checkpoint] = None) -> None:
     """Builds the datasets once here so that bad data fails in a second, not after Ray starts;
     a resumed run's classes must be the checkpoint's (a renamed folder would swap labels)."""
-    from ..datacheck import preflight
+    from ..datacheck import preflight, preflight_line
     from ..datacheck.model import check_model
 
     datasets = {}
@@ -56,9 +56,10 @@ def _preflight(plugin, sections, resumed: Optional[Checkpoint] = None) -> None:
             from .balanced import sample_classes
 
             sample_classes(plugin, dataset)  # a task that cannot balance fails here, not on the workers
-    # Image headers (a corrupt or empty file, a size unlike the annotation's) and the model a
-    # worker would build: both fail here, in one line, before Ray starts.
-    preflight(plugin, datasets)
+    # Image headers and ends (a corrupt, empty or truncated file, a size unlike the annotation's)
+    # and the model a worker would build: both fail here, in one line, before Ray starts.
+    report = preflight(plugin, datasets)
+    print(f"[visionkit] {preflight_line(report)}", flush=True)  # what it read, since it reads a sample
     check_model(plugin, sections, datasets["train"].classes)
 
 
