@@ -35,16 +35,22 @@ def results(tune_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_an_asha_search_stops_trials_early_and_its_best_config_trains_the_same(ray_cluster, shapes_cls, tmp_path):
+def test_an_asha_search_stops_trials_early_and_its_best_config_trains_the_same(ray_cluster, shapes_cls, tmp_path,
+                                                                              capsys):
     """4 trials of 8 epochs, ASHA rungs at epochs 1, 2 and 4. After one epoch the two tiny learning
     rates are at top-1 0.23 and 0.27, the other two at 0.33 and 0.37, and they start only once
     those two have reported it: ASHA stops them at its first rung, and their Train runs end
-    there (within the seconds a result takes to reach Tune: an epoch here lasts about one)."""
+    there (within the seconds a result takes to reach Tune: an epoch here lasts about one).
+    A fifth learning rate overflows the weights in the first epoch: with ray.max_failures 1 that
+    trial still ends at once, errored with the one line of TrainingDiverged (the same values
+    would diverge again), and the others go on."""
     import ray
 
-    lrs = [0.002, 0.003, 1e-6, 1e-5]
+    lrs = [0.002, 0.003, 1e-6, 1e-5, 1e20]
     tune_dir = tune(CONFIG, search_overrides(shapes_cls, tmp_path, "search", {"train.optimizer.lr": {"grid": lrs}},
-                                             "{name: asha, grace_period: 1, reduction_factor: 2}", epochs=8))
+                                             "{name: asha, grace_period: 1, reduction_factor: 2}", epochs=8,
+                                             **{"ray.max_failures": 1}))
+    out = capsys.readouterr().out
     rows = results(tune_dir)
     assert sorted(float(r["train.optimizer.lr"]) for r in rows) == sorted(lrs)  # one trial per value
     for row in rows:
@@ -53,11 +59,21 @@ def test_an_asha_search_stops_trials_early_and_its_best_config_trains_the_same(r
         # A normal run directory, trained with its own value (not all trials the same run).
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["train"]["optimizer"]["lr"] == float(row["train.optimizer.lr"])
-        assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
         assert [m["epoch"] for m in read_metrics(run)] == list(range(int(row["epochs"])))
+    diverged = next(r for r in rows if float(r["train.optimizer.lr"]) == 1e20)
+    assert diverged["status"] == "error" and diverged["epochs"] == "0", diverged
+    line = "training loss is nan at epoch 1: lower train.optimizer.lr or set train.grad_clip_norm"
+    assert diverged["error"] == line
+    assert len(json.loads((Path(diverged["run_dir"]) / "workers.json").read_text())["attempts"]) == 1  # not retried
+    assert f"[visionkit] trial {diverged['trial']}: {line}\n" in out
+    rows = [r for r in rows if r is not diverged]
+    for row in rows:
+        run = Path(row["run_dir"])
+        assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     stopped = [r for r in rows if r["status"] == "stopped by asha"]
     assert {float(r["train.optimizer.lr"]) for r in stopped} >= {1e-6, 1e-5}, rows
     assert all(int(r["epochs"]) < 8 for r in stopped)
+    assert {r["status"] for r in rows} - {"stopped by asha"} == {"finished"}, rows
     # The stopped trials' Train runs are over (aborted, not left running), and their CPUs free.
     counts = {r["trial"]: len(read_metrics(Path(r["run_dir"]))) for r in stopped}
     deadline = time.time() + 60
@@ -67,9 +83,28 @@ def test_an_asha_search_stops_trials_early_and_its_best_config_trains_the_same(r
     assert counts == {r["trial"]: len(read_metrics(Path(r["run_dir"]))) for r in stopped}
     assert (tune_dir / "plots" / "trials.png").stat().st_size > 1000
 
+    # The live table, as the console showed it last: every trial with its value, epoch, metric, status.
+    header = ["trial", "status", "train.optimizer.lr", "epoch", "top1", "best"]
+    tables = out.split("[visionkit] tune: ")
+    last = next(t for t in reversed(tables) if t.splitlines()[1:2] and t.splitlines()[1].split() == header)
+    live = {cells[0]: cells for cells in (line.split() for line in last.splitlines()[2:7])}
+    assert set(live) == {r["trial"] for r in [*rows, diverged]}, last
+    assert live[diverged["trial"]][1:4] == ["ERROR", "1e+20", "0/8"], last
+    for row in rows:
+        cells, metrics = live[row["trial"]], read_metrics(Path(row["run_dir"]))
+        status = "TERMINATED" if row["status"] == "finished" else "STOPPED"
+        assert cells[1:3] == [status, f"{float(row['train.optimizer.lr']):.4g}"], last
+        seen = int(cells[3].removesuffix("/8"))  # the last epoch Tune had (a stopped run may have done one more)
+        assert (seen == 8) == (row["status"] == "finished") and 1 <= seen <= len(metrics), last
+        assert cells[4:6] == [f"{metrics[seen - 1]['val/top1']:.4f}",
+                              f"{max(m['val/top1'] for m in metrics[:seen]):.4f}"], last
+
     # results.csv is best first; best.yaml is that trial's config, trained again as a new run.
     best = rows[0]
     assert best["best_top1"] == str(max(float(r["best_top1"]) for r in rows))
+    assert (f"[visionkit] best: trial {best['trial']}, top1 {float(best['best_top1']):.4f} at epoch "
+            f"{best['best_epoch']} (train.optimizer.lr={float(best['train.optimizer.lr']):.4g}); "
+            f"run directory {best['run_dir']}\n") in out
     text = (tune_dir / "best.yaml").read_text()
     assert f"best trial of {tune_dir}: {best['trial']}" in text
     run = launch.train(str(tune_dir / "best.yaml"), [])

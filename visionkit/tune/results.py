@@ -168,6 +168,9 @@ def summarize(search, tune_dir, results) -> list[TrialSummary]:
     print(f"[visionkit] tune: {len(trials)} trial(s): " + ", ".join(f"{n} {k}" for k, n in counts.items())
           + f"; {total} trial-epochs trained", flush=True)
     print(table(["trial", "status", *keys, "epochs", primary, "best", "best epoch"], rows), flush=True)
+    for s in trials:
+        if s.error:
+            print(f"[visionkit] trial {s.trial_id}: {s.error}", flush=True)
     if counts.get("incomplete"):  # a Ctrl-C, or the cluster's time ran out
         print(f"[visionkit] {counts['incomplete']} trial(s) did not finish; continue the search with: "
               f"visionkit tune --resume {tune_dir.uri}", flush=True)

@@ -14,6 +14,7 @@ A tune directory::
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -185,6 +186,9 @@ def _run(search: Search, tune_dir, restore: bool, address: Optional[str]):
 
     cfg, t = search.cfg, search.cfg.tune
     init_ray(address, dashboard=True)
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _UserErrorsInOneLine) for f in tune_log.filters):
+        tune_log.addFilter(_UserErrorsInOneLine())
     if t.scheduler.name != "fifo":
         _note_state_api(address)
     nodes = cluster_nodes()
@@ -225,12 +229,27 @@ def _run(search: Search, tune_dir, restore: bool, address: Optional[str]):
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=ray_tune.RunConfig(
             name=STATE_DIR, storage_path=tune_path, storage_filesystem=filesystem, verbose=0,
-            # A trial whose driver (its Tune actor) dies starts again from its run's last.pt; its
-            # workers' failures are Ray Train's, per ray.max_failures inside the trial.
-            failure_config=ray_tune.FailureConfig(max_failures=cfg.ray.max_failures),
+            # Failures have one owner: Ray Train restarts a trial's workers from the trial's
+            # checkpoint, per ray.max_failures. Tune does not retry on top (that would multiply
+            # the restarts); a trial whose own process died is errored, and --resume continues it.
+            failure_config=ray_tune.FailureConfig(max_failures=0),
             callbacks=[TrialTable([p.key for p in search.params], search.primary, search.higher_is_better,
                                   cfg.train.epochs)]))
     return tuner.fit()
+
+
+class _UserErrorsInOneLine(logging.Filter):
+    """Tune logs a failed trial with its traceback; a user mistake in a trial (training diverged,
+    a value the task refuses) is its one line, as the summary shows it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ..train.launch import _user_error_in
+
+        found = _user_error_in(record.exc_info[1]) if record.exc_info else None
+        if found is not None:
+            record.msg, record.args = f"{record.getMessage()}: {found}", ()
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def _note_state_api(address: Optional[str]) -> None:
