@@ -47,16 +47,17 @@ def test_worker_failure_restarts_from_the_last_checkpoint(ray_cluster, toy_plugi
 
 
 def test_resume_after_the_driver_is_killed_is_bit_exact(ray_cluster, shapes_cls, tmp_path):
-    """As users run it: 2 Ray workers, the demo's flips and cosine LR, 2 loader processes each;
-    the driver SIGKILLed mid-run, then --resume: the same weights, bit for bit, as a run that
-    was never interrupted."""
+    """As users run it: 2 Ray workers, the demo's flips and cosine LR, 2 loader processes each,
+    train.ema on (each worker keeps the average); the driver SIGKILLed mid-run, then --resume:
+    the same EMA and trained weights, bit for bit, as a run that was never interrupted."""
     import torch
 
     from visionkit import checkpoint
 
     extra = {"train.epochs": 4, "train.batch_size": 8, "train.loader_workers": 2,
              "data.train_transforms": "[{name: HorizontalFlip, p: 0.5}, {name: VerticalFlip, p: 0.5}]",
-             "train.optimizer.name": "adamw", "train.scheduler.name": "cosine", "train.scheduler.warmup_epochs": 1}
+             "train.optimizer.name": "adamw", "train.scheduler.name": "cosine", "train.scheduler.warmup_epochs": 1,
+             "train.ema": "{decay: 0.9, warmup_steps: 25}"}
     straight = launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "straight", **extra))
     args = cls_overrides(shapes_cls, tmp_path, "killed", **extra)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -79,10 +80,13 @@ def test_resume_after_the_driver_is_killed_is_bit_exact(ray_cluster, shapes_cls,
     assert "resuming at epoch" in proc.stdout
     rows, ref = read_metrics(run), read_metrics(straight)
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
-    assert [(r["train/loss"], r["lr"]) for r in rows] == [(r["train/loss"], r["lr"]) for r in ref]
-    ours, theirs = (checkpoint.load(r / "checkpoints" / "last.pt").model for r in (run, straight))
-    for key, value in theirs.items():
-        assert torch.equal(value, ours[key]), key
+    assert [(r["train/loss"], r["lr"], r["val/top1"]) for r in rows] == [(r["train/loss"], r["lr"], r["val/top1"])
+                                                                         for r in ref]
+    ours, theirs = (checkpoint.load(r / "checkpoints" / "last.pt") for r in (run, straight))
+    assert ours.weights == theirs.weights == "ema" and ours.ema == theirs.ema and theirs.ema["updates"] == 40
+    for name in ("model", "trained_model"):  # the average, and the weights the optimizer trains
+        for key, value in getattr(theirs, name).items():
+            assert torch.equal(value, getattr(ours, name)[key]), f"{name}.{key}"
 
 
 def _train_on_two_workers_then_evaluate(task: str, root: Path, tmp_path: Path):
