@@ -121,16 +121,30 @@ def test_a_resume_after_a_crash_gives_the_same_ema_weights_bit_for_bit(shapes_cl
     raw = launch.evaluate(str(trained), [])
     assert raw["weights"] == "trained" and raw["confusion_matrix"] != result["confusion_matrix"]
 
+    from visionkit.export.exporter import export
     from visionkit.export.run import load_run
+    from visionkit.runtime import Model
 
     exported = load_run(str(straight), []).model.state_dict()
     assert all(torch.equal(exported[k], v) for k, v in best.model.items())
+    # export says which weights it exports, in its log and in the model's metadata; so does the report.
+    capsys.readouterr()
+    export(str(straight), output=str(tmp_path / "ema.onnx"), check_images=2)
+    assert f" (epoch {best.epoch + 1}) with its EMA weights (decay 0.9, warmup 25 steps), opset 17" in capsys.readouterr().out
+    source = Model.load(tmp_path / "ema.onnx", providers=["CPUExecutionProvider"]).metadata.source
+    assert source["weights"] == "ema" and source["ema"] == best.ema
+    export(str(trained), output=str(tmp_path / "trained.onnx"), check_images=2)
+    assert " with its trained weights, opset 17" in capsys.readouterr().out
+    assert Model.load(tmp_path / "trained.onnx", providers=["CPUExecutionProvider"]).metadata.source["weights"] == "trained"
+    assert "<dt>weights</dt><dd>EMA weights (decay 0.9, warmup 25 steps): evaluated every epoch" in (
+        straight / "report.html").read_text()
 
 
 def test_ema_turned_on_at_resume_starts_from_the_trained_weights(shapes_cls, tmp_path, one_thread):
     """A checkpoint written without EMA (or by an older visionkit) resumes with it."""
     run = launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "late", **{"ray.num_workers": 0, "train.epochs": 1}))
     assert checkpoint.load(run / "checkpoints" / "last.pt").weights == "trained"
+    assert "EMA weights" not in (run / "report.html").read_text()
     launch.train(None, ["train.epochs=2", "train.ema={decay: 0.99, warmup_steps: 0}"], resume=str(run))
     ckpt = checkpoint.load(run / "checkpoints" / "last.pt")
     assert ckpt.weights == "ema" and ckpt.ema["updates"] == 10

@@ -23,6 +23,7 @@ from ..fileio import atomic_write_text
 from ..plugin import ExportOptions, ExportPlan
 from ..runtime import Metadata, Model
 from ..runtime.preprocess import decode, prepare
+from ..train.ema import weights_label
 from .checks import all_ok, format_check, latency_ms, parity, sample_indices
 from .evaluate import evaluate_model
 from .graph import export_graph, write_metadata
@@ -44,6 +45,8 @@ def metadata_for(run: LoadedRun, plan: ExportPlan, opset: int) -> Metadata:
         category_ids=plan.category_ids, precision="fp32", opset=opset, version=__version__,
         source={"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "epoch": run.state.epoch + 1,
                 "best": best, "model": run.sections.model.model_dump(mode="json").get("name"),
+                # the checkpoint's: "ema" (train.ema's average, its settings beside it) or "trained"
+                "weights": run.state.weights, **({"ema": dict(run.state.ema or {})} if run.state.weights == "ema" else {}),
                 "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         data=run.sections.data.model_dump(mode="json"))
 
@@ -124,8 +127,9 @@ def export(target: str, output: Optional[str] = None, overrides: list[str] = (),
         plan.preprocess = [*plan.preprocess, {"op": "resize", "height": int(h), "width": int(w), "interpolation": 1}]
     meta = metadata_for(run, plan, opset)
     indices = sample_indices(len(val), check_images)
-    print(f"[visionkit] exporting the {run.cfg.task} model of {run.checkpoint} (epoch {meta.source['epoch']}), "
-          f"opset {opset}, {precision}; checking on {len(indices)} validation images", flush=True)
+    print(f"[visionkit] exporting the {run.cfg.task} model of {run.checkpoint} (epoch {meta.source['epoch']}) with its "
+          f"{weights_label(run.state.weights, run.state.ema)}, opset {opset}, {precision}; checking on {len(indices)} "
+          "validation images", flush=True)
 
     report: dict[str, Any] = {"model": str(out), "task": run.cfg.task, "precision": precision, "opset": opset,
                               "metadata": {k: v for k, v in meta.__dict__.items() if k != "data"}}

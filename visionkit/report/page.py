@@ -148,12 +148,19 @@ def run_section(run) -> str:
     cfg = run.config
     data, model, train, ray = (cfg.get(k) or {} for k in ("data", "model", "train", "ray"))
     rows = run.rows
+    weights = []
     try:
         params = run.parameter_count()
     except UserError as exc:  # an unreadable checkpoint still leaves the logs worth showing
         params, note = None, f"checkpoint not readable: {exc}"
     else:
         note = ""
+        ckpt = run.checkpoint
+        if ckpt is not None and ckpt.weights == "ema":
+            from ..train.ema import weights_label
+
+            weights = [("weights", f"{weights_label(ckpt.weights, ckpt.ema)}: evaluated every epoch, saved as "
+                                   "best.pt and exported")]
     model_text = str(model.get("name", "")) + (f" ({_count(params)} parameters)" if params else "")
     speeds = [r["train/images_per_s"] for r in rows if isinstance(r.get("train/images_per_s"), (int, float))]
     epoch_times = [r["time_s"] for r in rows if isinstance(r.get("time_s"), (int, float))]
@@ -169,6 +176,7 @@ def run_section(run) -> str:
     items = [
         ("task", run.task),
         ("model", model_text),
+        *weights,
         ("data", f"{data.get('root', '')}" + (f" ({data['format']})" if data.get("format") else "")),
         ("epochs", f"{len(rows)} of {train.get('epochs', '?')} finished" if rows else "none finished yet"),
         ("layout", layout),

@@ -97,6 +97,16 @@ class EMA:
                 "evaluating EMA weights: best.pt, eval, export and the report use them")
 
 
+def weights_label(weights: str, state: Optional[dict[str, Any]]) -> str:
+    """A checkpoint's weights as export's log line and the report name them (its ``weights`` and
+    ``ema`` entries): the average's settings, or the optimizer's own weights."""
+    if weights != "ema":
+        return "trained weights"
+    state = state or {}
+    warmup = f", warmup {state['warmup_steps']} steps" if state.get("warmup_steps") else ""
+    return f"EMA weights (decay {state.get('decay', float('nan')):g}{warmup})"
+
+
 def resume_weights(ckpt) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     """A checkpoint's (trained weights, EMA weights or None): ``model`` is the average when the
     checkpoint says ``weights: ema``, the trained weights then being ``trained_model``."""
