@@ -255,3 +255,116 @@ def test_resume_eval_export_and_the_driver_model_check_never_read_published_weig
     with pytest.raises(ConfigError, match="model.pretrained_backbone: model.pretrained already holds the backbone"):
         pretrained.selected(DetectionModel(name="fasterrcnn_resnet50_fpn", pretrained="DEFAULT",
                                            pretrained_backbone="DEFAULT"))
+
+
+@functools.lru_cache(maxsize=None)
+def published_detector(arch: str, frozen: bool) -> tuple[bytes, dict]:
+    """A random ``arch``'s state dict as torchvision's published file holds it: saved from the
+    FrozenBatchNorm2d build where torchvision builds one (no num_batches_tracked), BatchNorm
+    statistics of its own (not 0 and 1, so eps and the copied statistics matter)."""
+    from torchvision.models import get_model
+
+    torch.manual_seed(5)
+    state = get_model(arch, weights=None, weights_backbone=None).state_dict()
+    if frozen:
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    for key, value in state.items():
+        if key.endswith("running_var"):
+            state[key] = torch.rand_like(value) + 0.5
+        elif key.endswith("running_mean"):
+            state[key] = torch.randn_like(value) * 0.1
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue(), state
+
+
+def cache_detector(monkeypatch, cache, arch: str, frozen: bool):
+    """``arch``'s COCO_V1 (= DEFAULT) in the cache; returns the enum member and the state."""
+    from torchvision.models import get_model_weights
+
+    member = get_model_weights(arch).COCO_V1
+    data, state = published_detector(arch, frozen)
+    name = f"{arch}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    monkeypatch.setattr(member, "_value_", dataclasses.replace(member.value, url=f"https://download.pytorch.org/models/{name}"))
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / name).write_bytes(data)
+    return member, state
+
+
+def layout(model) -> dict:
+    return {name: (type(m).__name__, getattr(m, "eps", None)) for name, m in model.named_modules()}
+
+
+def trainable(model) -> dict:
+    return {name: p.requires_grad for name, p in model.named_parameters()}
+
+
+# The two smallest detectors: torchvision builds the Faster R-CNN with FrozenBatchNorm2d and 3 of 6
+# backbone stages trainable, SSDlite with trainable BatchNorm and every stage trainable.
+@pytest.mark.parametrize("arch,frozen", [("fasterrcnn_mobilenet_v3_large_320_fpn", True),
+                                         ("ssdlite320_mobilenet_v3_large", False)])
+def test_a_pretrained_detector_is_built_as_torchvision_builds_it(cache, monkeypatch, no_downloads, arch, frozen):
+    """The reference is torchvision's own builder given the weights, its file read from the cache
+    (torch.hub's reader replaced by one that reads only there, whichever name torchvision bound)."""
+    import torchvision.models._api
+    from torchvision.models import get_model
+
+    from visionkit_plugins.detection.config import ModelConfig
+    from visionkit_plugins.detection.models import build
+
+    member, _ = cache_detector(monkeypatch, cache, arch, frozen)
+    from_cache = lambda url, **kwargs: torch.load(cache / url.rsplit("/", 1)[-1], weights_only=True)  # noqa: E731
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", from_cache)
+    reference = get_model(arch, weights=member)
+    ours = build(ModelConfig(name=arch, pretrained="DEFAULT", weights_strict=True), num_classes=91)
+    assert layout(ours) == layout(reference)
+    assert any(t == "FrozenBatchNorm2d" for t, _ in layout(ours).values()) == frozen
+    assert trainable(ours) == trainable(reference)
+    assert all(trainable(ours).values()) != frozen
+    theirs = reference.state_dict()
+    assert ours.state_dict().keys() == theirs.keys()
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+    ours.eval()
+    reference.eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(ours.backbone(x)["0"], reference.backbone(x)["0"])
+
+
+def test_a_pretrained_detector_for_other_classes_loads_all_but_its_head(cache, monkeypatch, no_downloads, capsys):
+    """Strict loading accepts the file without num_batches_tracked; the COCO class head is
+    re-initialised for 3 classes and named; the options override torchvision's build; a rebuild
+    from the run's config (resume, eval, export: no published weights) makes the same modules."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from visionkit import checkpoint
+    from visionkit_plugins.detection.config import ModelConfig
+    from visionkit_plugins.detection.models import build
+
+    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    _, state = cache_detector(monkeypatch, cache, arch, frozen=True)
+    cfg = ModelConfig(name=arch, pretrained="DEFAULT")
+    assert (cfg.freeze_backbone_norm, cfg.trainable_backbone_layers) == (True, 3)
+    assert (ModelConfig(name=arch).freeze_backbone_norm, ModelConfig(name=arch).trainable_backbone_layers) == (False, None)
+    capsys.readouterr()
+    model = build(cfg, num_classes=4)
+    head = sorted(k for k in state if k.startswith("roi_heads.box_predictor."))
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in head:
+            assert torch.equal(own[key], value), key
+    assert own["roi_heads.box_predictor.cls_score.weight"].shape == (4, 1024)
+    out = capsys.readouterr().out
+    assert (f"model.pretrained: loaded {len(state) - 4} of {len(state)} tensors from "
+            f"FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1; 4 kept their initial values (4 of another shape, "
+            f"0 not in the file): {', '.join(head)}") in out, out
+
+    rebuilt = build(checkpoint.without_initial_weights(cfg), num_classes=4)
+    assert layout(rebuilt) == layout(model) and trainable(rebuilt) == trainable(model)
+    rebuilt.load_state_dict(model.state_dict())  # strict: the same tensors
+
+    plain = build(ModelConfig(name=arch, pretrained="DEFAULT", freeze_backbone_norm=False,
+                              trainable_backbone_layers=None, weights_strict=True), num_classes=91)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in plain.modules())
+    assert all(trainable(plain).values())

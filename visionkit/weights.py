@@ -50,6 +50,13 @@ def _names(keys: Sequence[str], limit: int = 4) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def _counted(key: str) -> bool:
+    """BatchNorm's ``num_batches_tracked`` is bookkeeping, not a weight: files saved from
+    FrozenBatchNorm2d models (torchvision's published detectors) have none, and a BatchNorm2d
+    that loads without it starts its count at 0 (PyTorch fills it in)."""
+    return key.rpartition(".")[2] != "num_batches_tracked"
+
+
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, field: str, where: str,
                add_prefix: str = "", strip_prefixes: Sequence[str] = ("",)) -> None:
     """Loads the tensors of ``state`` (read from ``where``) into ``module``.
@@ -70,7 +77,7 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, 
         return sum(k in own and own[k].shape == v.shape for k, v in candidate.items())
 
     state = max((renamed(p) for p in strip_prefixes), key=fitting)
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if _counted(k))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if strict:
@@ -84,7 +91,8 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, 
     if not match:
         raise ConfigError(f"model.{field}: {path}: no tensor matches {type(module).__name__} by name and shape")
     module.load_state_dict(match, strict=False)
-    if len(match) < len(own):
+    loaded, total = len(match), len(match) + len(wrong) + len(missing)  # not counting what _counted leaves out
+    if loaded < total:
         skipped = wrong + [k for k in missing if k not in wrong]
-        print(f"[visionkit] model.{field}: loaded {len(match)} of {len(own)} tensors from {path}; {len(skipped)} kept their "
+        print(f"[visionkit] model.{field}: loaded {loaded} of {total} tensors from {path}; {len(skipped)} kept their "
               f"initial values ({len(wrong)} of another shape, {len(missing)} not in the file): {_names(skipped)}", flush=True)

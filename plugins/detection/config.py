@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from visionkit.plugin import Section
 
-from .models import MODEL_NAMES
+from .models import MODEL_NAMES, PRETRAINED_BUILD
 
 
 class DataConfig(Section):
@@ -69,12 +69,15 @@ class ModelConfig(Section):
     weights_strict: bool = Field(
         False, description="false: load the tensors whose names and shapes match (a class head for another "
                            "class count keeps its initial values; the skipped tensors are named); true: all must")
-    freeze_backbone_norm: bool = Field(
-        False, description="BatchNorm in the backbone becomes FrozenBatchNorm2d after the weights load: "
-                           "what torchvision does with a pretrained backbone; needed at 1-2 images per GPU")
-    trainable_backbone_layers: Optional[int] = Field(
-        None, ge=0, le=5, description="ResNet backbones: train only the last N of layer4..conv1 "
-                                      "(torchvision's default with a pretrained backbone is 3); None: all")
+    freeze_backbone_norm: Union[bool, Literal["auto"]] = Field(
+        "auto", description="BatchNorm in the backbone becomes FrozenBatchNorm2d after the weights load "
+                            "(needed at 1-2 images per GPU); auto: as torchvision builds the model with "
+                            "published weights (true with model.pretrained or pretrained_backbone, except "
+                            "the v2 models and SSDlite), else false")
+    trainable_backbone_layers: Union[Annotated[int, Field(ge=0, le=6)], Literal["auto"], None] = Field(
+        "auto", description="train only the last N backbone stages (ResNet: of layer4..conv1, 5; MobileNetV3: "
+                            "6); None: all; auto: torchvision's default with published weights (3; SSDlite: "
+                            "all), else all")
     min_size: Optional[int] = Field(None, ge=16, description="resize: shorter side (None: model default)")
     max_size: Optional[int] = Field(None, ge=16, description="resize: longer side cap (None: model default)")
     score_thresh: float = Field(0.05, ge=0, le=1, description="0.05 is the usual setting for COCO mAP")
@@ -97,6 +100,18 @@ class ModelConfig(Section):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown detector {value!r}{hint}; available: {', '.join(MODEL_NAMES)}")
         return value
+
+    @model_validator(mode="after")
+    def _torchvision_build(self) -> "ModelConfig":
+        """"auto" made concrete here, so the run's config.yaml holds it: a resume, eval or export
+        rebuilds without the published weights and must build the same modules."""
+        published = bool(self.pretrained or self.pretrained_backbone)
+        frozen, layers = PRETRAINED_BUILD.get(self.name, (False, None)) if published else (False, None)
+        if self.freeze_backbone_norm == "auto":
+            self.freeze_backbone_norm = frozen
+        if self.trainable_backbone_layers == "auto":
+            self.trainable_backbone_layers = layers
+        return self
 
 
 class LossConfig(Section):

@@ -41,6 +41,21 @@ TORCHVISION_MODELS = {
     "ssdlite320_mobilenet_v3_large": "ssd",
 }
 MODEL_NAMES = ["fcos_light", *TORCHVISION_MODELS]
+#: how torchvision's builder makes each detector when it is given weights (its own or its
+#: backbone's): FrozenBatchNorm2d in the backbone or not, and how many backbone stages train
+#: (None: all). ``model.freeze_backbone_norm`` and ``model.trainable_backbone_layers`` default
+#: to these with ``model.pretrained`` or ``model.pretrained_backbone``, to "train everything"
+#: without; the v2 models and SSDlite keep trainable BatchNorm in torchvision too.
+PRETRAINED_BUILD = {
+    "fasterrcnn_mobilenet_v3_large_320_fpn": (True, 3),
+    "fasterrcnn_mobilenet_v3_large_fpn": (True, 3),
+    "fasterrcnn_resnet50_fpn": (True, 3),
+    "fasterrcnn_resnet50_fpn_v2": (False, 3),
+    "retinanet_resnet50_fpn": (True, 3),
+    "retinanet_resnet50_fpn_v2": (False, 3),
+    "fcos_resnet50_fpn": (True, 3),
+    "ssdlite320_mobilenet_v3_large": (False, None),  # torchvision's default: 6 of 6 stages
+}
 LIGHT_FIELDS = ("width", "fpn_channels", "head_convs", "num_levels")
 
 
@@ -208,12 +223,14 @@ def build(cfg: "ModelConfig", num_classes: int) -> nn.Module:
 
 
 def freeze_batch_norm(module: nn.Module) -> None:
-    """BatchNorm2d -> FrozenBatchNorm2d in place, keeping the (loaded) statistics and affine terms."""
+    """BatchNorm2d -> FrozenBatchNorm2d in place, keeping the (loaded) statistics and affine terms.
+    Its eps is FrozenBatchNorm2d's own (1e-5), as in torchvision's ``norm_layer=FrozenBatchNorm2d``
+    builds: MobileNetV3's BatchNorm has 1e-3, and its published COCO detectors were trained with 1e-5."""
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen = FrozenBatchNorm2d(child.num_features)
             for key in ("weight", "bias", "running_mean", "running_var"):
                 getattr(frozen, key).copy_(getattr(child, key).detach())
             setattr(module, name, frozen)
@@ -221,13 +238,30 @@ def freeze_batch_norm(module: nn.Module) -> None:
             freeze_batch_norm(child)
 
 
+RESNET_STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]
+
+
 def freeze_backbone_layers(model: nn.Module, trainable: int) -> None:
-    """torchvision's rule for ResNet bodies: only the last ``trainable`` of layer4..conv1 learn."""
+    """torchvision's rules (``_resnet_fpn_extractor``, ``_mobilenet_extractor``): only the last
+    ``trainable`` stages of the backbone learn; a ResNet has 5 (layer4..conv1), MobileNetV3 6."""
     body = getattr(getattr(model, "backbone", None), "body", None)
-    stages = ["layer4", "layer3", "layer2", "layer1", "conv1"]
-    if body is None or not all(hasattr(body, s) for s in stages):
-        raise ConfigError("model.trainable_backbone_layers: only for the ResNet-50 detectors; leave it unset")
-    keep = stages[:trainable] + (["bn1"] if trainable == 5 else [])
-    for name, param in body.named_parameters():
-        if not any(name.startswith(k) for k in keep):
+    if body is not None and all(hasattr(body, s) for s in RESNET_STAGES):
+        if trainable > len(RESNET_STAGES):
+            raise ConfigError(f"model.trainable_backbone_layers: {trainable}; a ResNet backbone has 5 stages")
+        keep = RESNET_STAGES[:trainable] + (["bn1"] if trainable == 5 else [])
+        for name, param in body.named_parameters():
+            if not any(name.startswith(k) for k in keep):
+                param.requires_grad_(False)
+        return
+    blocks = list(body.children()) if body is not None else []
+    if not any(getattr(b, "_is_cn", False) for b in blocks):
+        raise ConfigError("model.trainable_backbone_layers: only for the ResNet-50 and MobileNetV3-FPN detectors; "
+                          "leave it unset")
+    # MobileNetV3's features: a stage begins at the first block, at each strided block, and at the last
+    stages = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+    if trainable > len(stages):
+        raise ConfigError(f"model.trainable_backbone_layers: {trainable}; a MobileNetV3 backbone has {len(stages)} stages")
+    freeze_before = len(blocks) if trainable == 0 else stages[len(stages) - trainable]
+    for block in blocks[:freeze_before]:
+        for param in block.parameters():
             param.requires_grad_(False)
