@@ -1,10 +1,14 @@
 """``train.ema``: an exponential moving average of the weights, the model that gets evaluated.
 
-The average is torch's :class:`~torch.optim.swa_utils.AveragedModel` with ``use_buffers=True``,
-as torchvision's references build their ``--model-ema``: parameters *and* floating-point buffers
-(BatchNorm's running statistics) are averaged, so the averaged model's statistics belong to its
-averaged weights; integer buffers (``num_batches_tracked``) are copied. It is updated after every
-optimizer step (once per ``grad_accum_steps`` batches), on every worker, from the same weights.
+The average is the one torch's :class:`~torch.optim.swa_utils.AveragedModel` keeps with
+``use_buffers=True``, as torchvision's references build their ``--model-ema``: parameters *and*
+floating-point buffers (BatchNorm's running statistics) are averaged, so the averaged model's
+statistics belong to its averaged weights; integer buffers (``num_batches_tracked``) are copied.
+It is updated after every optimizer step (once per ``grad_accum_steps`` batches), on every
+worker, from the same weights. The update is AveragedModel's (one ``torch._foreach_lerp_``),
+written out here with the update count kept on the host: AveragedModel keeps it in a tensor and
+reads it back at every update (``n_averaged == 0``, ``> 0``, the decay), a host sync per
+optimizer step on a GPU, where the loop has none.
 
 Warmup. The averaging window is ``1 / (1 - decay)`` optimizer steps; an average that started at
 the full window would hold on to the random initial weights for that many steps. The decay of
@@ -29,10 +33,10 @@ a resumed run continues both, bit for bit.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Optional
 
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 
 def decay_at(decay: float, warmup_steps: int, t: int) -> float:
@@ -48,8 +52,10 @@ class EMA:
 
     def __init__(self, model: torch.nn.Module, decay: float, warmup_steps: int):
         self.decay, self.warmup_steps = decay, warmup_steps
-        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
-        self.averaged.eval()
+        #: the averaged model (to evaluate and to save)
+        self.module = copy.deepcopy(model).eval()
+        #: updates so far, on the host: the next decay needs nothing from the device
+        self.updates = 0
 
     @classmethod
     def create(cls, cfg, model: torch.nn.Module, saved_weights: Optional[dict[str, Any]] = None,
@@ -62,30 +68,26 @@ class EMA:
         ema = cls(model, cfg.decay, cfg.warmup_steps)
         if saved_weights is not None and saved_state is not None:
             ema.module.load_state_dict(saved_weights)
-            ema.averaged.n_averaged.fill_(int(saved_state["updates"]))
+            ema.updates = int(saved_state["updates"])
         return ema
 
-    @property
-    def module(self) -> torch.nn.Module:
-        """The averaged model (to evaluate and to save)."""
-        return self.averaged.module
-
-    @property
-    def updates(self) -> int:
-        return int(self.averaged.n_averaged)
-
     @torch.no_grad()
-    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        # AveragedModel copies at update 0 and calls this from update 1 on, grouped by dtype.
-        if torch.is_floating_point(averaged[0]):
-            decay = decay_at(self.decay, self.warmup_steps, int(n_averaged))
-            torch._foreach_lerp_(averaged, current, 1.0 - decay)
-        else:  # num_batches_tracked: a count, not something to average
-            torch._foreach_copy_(averaged, current)
-
     def update(self, model: torch.nn.Module) -> None:
         """After an optimizer step, from the trained (unwrapped) model."""
-        self.averaged.update_parameters(model)
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        if self.updates == 0:  # the average starts from the weights after the first step
+            torch._foreach_copy_(averaged, current)
+        else:
+            pairs = list(zip(averaged, current, strict=True))
+            floats = [pair for pair in pairs if pair[0].is_floating_point()]
+            counts = [pair for pair in pairs if not pair[0].is_floating_point()]  # num_batches_tracked: copied
+            weight = 1.0 - decay_at(self.decay, self.warmup_steps, self.updates)
+            if floats:
+                torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+            if counts:
+                torch._foreach_copy_([a for a, _ in counts], [c for _, c in counts])
+        self.updates += 1
 
     def state(self) -> dict[str, Any]:
         """The checkpoint's ``ema`` entry (the weights go in its ``model``)."""
