@@ -175,6 +175,35 @@ def test_segmentation_and_classification_checks(capsys, scenes, shapes_cls):
     assert next(line for line in out.splitlines() if line.startswith("circle ")).split()[1:] == ["40", "15"]
 
 
+def test_a_plugin_without_check_data_has_each_sample_loaded_and_named():
+    """The default check loads samples through the dataset: whatever its loader raises is a
+    finding naming the sample, not a traceback that ends the check."""
+    from visionkit.datacheck import check as check_data
+    from visionkit.plugin import TaskPlugin
+
+    class Pixels:
+        classes = ["a", "b"]
+
+        def __init__(self, split):
+            self.split = split
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            if self.split == "val" and i == 2:
+                raise ValueError("cannot reshape array of size 10 into shape (4,4)\nmore detail")
+            return i
+
+    class Plugin:
+        build_dataset = staticmethod(lambda data, split: Pixels(split))
+        check_data = TaskPlugin.check_data
+
+    report = check_data(Plugin(), data=None)
+    assert [f.line() for f in report.errors] == [
+        "val: sample 2 (dataset[2]): ValueError: cannot reshape array of size 10 into shape (4,4)"]
+
+
 def test_large_splits_are_sampled_evenly_and_say_so(capsys, scenes):
     assert spread(10, 3) == [0, 3, 6] and spread(5, 10) == [0, 1, 2, 3, 4] and spread(7, None) == list(range(7))
     code, out = check(capsys, scenes, "--limit", "4")

@@ -116,6 +116,47 @@ def test_yolo_names_dict_polygons_missing_labels_and_yaml_errors(copy):
         assert f"{root / 'data.yaml'}: " in one_line(err) and expected in str(err.value)
 
 
+def test_a_non_utf8_image_list_or_image_set_is_one_line(copy, capsys):
+    """A binary or Latin-1 list where UTF-8 text belongs: the file named, not a UnicodeDecodeError."""
+    root = copy("yolo")
+    listing = root / "train.txt"
+    text = "images/train/train_00000.png\nimages/train/caf\xe9.png\n".encode("latin-1")
+    listing.write_bytes(text)
+    (root / "data.yaml").write_text("train: train.txt\nval: images/val\nnames: [circle, square, triangle, star]\n")
+    with pytest.raises(DataError) as err:
+        build(root, format="yolo")
+    assert one_line(err) == (f"{listing}: not UTF-8 text (byte 0xe9 at offset {text.index(0xe9)}); expected a list of "
+                             "image paths, one per line")
+
+    root = copy("voc")
+    image_set = root / "ImageSets" / "Main" / "train.txt"
+    image_set.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    code = main(["data", "check", "configs/detection/shapes.yaml", f"data.root={root}", "data.format=voc"])
+    out = capsys.readouterr()
+    assert code == 2 and "Traceback" not in out.out + out.err
+    assert f"{image_set}: not UTF-8 text (byte 0x89 at offset 0); expected image ids, one per line" in out.out
+
+
+def test_voc_classes_given_twice_are_refused(copy, capsys):
+    """data.classes: [a, b, a] would give a's objects label 2 and leave label 0 without objects."""
+    root = copy("voc")
+    code = main(["data", "check", "configs/detection/shapes.yaml", f"data.root={root}", "data.format=voc",
+                 "data.classes=[circle,square,circle,star]"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "data.classes: value error, 'circle' appears twice; each class once, in label order" in err
+
+
+def test_a_yolo_box_finding_names_its_line(copy, capsys):
+    """Label files skip blank lines: the finding names the line the box is on, not its rank."""
+    root = copy("yolo")
+    label = root / "labels" / "train" / "train_00002.txt"
+    label.write_text("\n" + label.read_text().splitlines()[0] + "\n\n1 0.5 0.5 0.0 0.1\n")  # line 4: no width
+    code = main(["data", "check", "configs/detection/shapes.yaml", f"data.root={root}", "data.format=yolo"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"1 degenerate box(es)" in out and f"{label} line 4: [x " in out, out
+
+
 def test_a_zero_byte_yolo_image_is_named_when_the_split_is_read(copy):
     root = copy("yolo")
     (root / "images" / "val" / "val_00001.png").write_bytes(b"")

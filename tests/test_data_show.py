@@ -5,6 +5,7 @@ through the training augmentation."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,17 @@ def test_classification_tiles_carry_the_class_name(tmp_path, shapes_cls):
     assert grid.shape == (PAD + 256 + CAPTION + PAD, PAD + 2 * (256 + PAD), 3)
     first = tile(grid, 0, 2)
     assert (first[2:20, 2:40] == 0).all(axis=2).mean() > 0.3  # the caption's black box at the top left
+
+
+def test_a_box_under_a_pixel_wide_is_drawn_as_a_line(tmp_path, scenes):
+    """data.min_box_size: 0 keeps a 0.05-px box; enlarged 8x it is under a pixel (PIL refuses a
+    rectangle whose right edge is left of its left edge): a 1-px line, and the grid is drawn."""
+    root = Path(shutil.copytree(scenes, tmp_path / "data"))
+    path = root / "annotations" / "instances_val.json"
+    coco = json.loads(path.read_text())
+    coco["annotations"].append({"id": 999, "image_id": coco["images"][0]["id"], "category_id": 1,
+                                "bbox": [3, 4, 0.05, 0.05], "area": 0.0025, "iscrowd": 0})
+    path.write_text(json.dumps(coco))
+    grid = show(tmp_path, "configs/detection/shapes.yaml", root, "-n", "1", "--split", "val", "data.min_box_size=0")
+    raw = enlarged(root / "images" / "val" / coco["images"][0]["file_name"])
+    assert np.abs(tile(grid, 0, 1)[4 * 8, 3 * 8] - raw[4 * 8, 3 * 8]).sum() > 0

@@ -18,7 +18,7 @@ def check_data(dataset, split: str) -> SplitCheck:
                 continue
             x, y, w, h = ann["bbox"]
             if rec.annotation is not None:  # a VOC XML or YOLO label file, and the object's place in it
-                name = f"{rec.annotation} object {k}"
+                name = f"{rec.annotation} {rec.places[k - 1] if rec.places else f'object {k}'}"
             else:
                 name = f"{rec.file.name} (annotation id {ann['id']})"
             name += f": [x {x:g}, y {y:g}, w {w:g}, h {h:g}]"
@@ -75,7 +75,9 @@ def draw_sample(dataset, index: int, augmented: bool):
     colours = palette(len(dataset.classes) + 1)[1:]
     for (x0, y0, x1, y1), label in zip(boxes.tolist(), labels.tolist()):
         colour = tuple(int(c) for c in colours[int(label) % len(colours)])
-        draw.rectangle((x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1), outline=colour, width=max(1, scale // 2))
+        left, top = x0 * scale, y0 * scale
+        right, bottom = max(left, x1 * scale - 1), max(top, y1 * scale - 1)  # a box under a pixel: a line
+        draw.rectangle((left, top, right, bottom), outline=colour, width=max(1, scale // 2))
         text = dataset.classes[int(label)]
         box = draw.textbbox((x0 * scale, y0 * scale), text, font=face)
         lift = box[3] - box[1] + 2

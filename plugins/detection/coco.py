@@ -41,6 +41,8 @@ class ImageRecord:
     size_from: str | None = None
     #: the image's own annotation file (a VOC XML, a YOLO label file); None for COCO
     annotation: Path | None = None
+    #: where each of ``gt``'s objects is written in ``annotation`` ("line 4", "object 2")
+    places: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -98,8 +100,8 @@ def load_json(ann_file: Path) -> dict[str, Any]:
     if not ann_file.is_file():
         raise DataError(f"{ann_file}: annotation file not found (check data.root and the split's annotations path)")
     try:
-        coco = json.loads(ann_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        coco = json.loads(read_text(ann_file, "a COCO instances JSON file"))
+    except json.JSONDecodeError as exc:
         raise DataError(f"{ann_file}: not valid JSON ({exc})") from None
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise DataError(f"{ann_file}: not a COCO instances file (expected 'images' and 'annotations' lists)")
@@ -120,7 +122,7 @@ def read_categories_only(ann_file: Path) -> tuple[list[int], list[str]]:
     """
     if not ann_file.is_file():
         return read_categories(ann_file, load_json(ann_file))  # raises the not-found error
-    text = ann_file.read_text()
+    text = read_text(ann_file, "a COCO instances JSON file")
     at = text.rfind('"categories"')
     if at >= 0:
         start = text.find(":", at) + 1
@@ -236,6 +238,7 @@ class RawObject:
     crowd: int = 0  # left out of training, an ignore region in evaluation (COCO iscrowd)
     ignore_in_eval: bool = False  # trained on, an ignore region in evaluation (VOC difficult)
     area: float | None = None
+    place: str | None = None  # where its own annotation file has it ("line 4", "object 2")
 
 
 @dataclass
@@ -255,6 +258,7 @@ def assemble(entries: list[RawImage], min_box_size: float, keep_empty: bool, sou
     counts, records = BoxCounts(), []
     for img in entries:
         boxes, labels, gt = [], [], []
+        places = [obj.place or f"object {k}" for k, obj in enumerate(img.objects, start=1)]
         for obj in img.objects:
             x, y, w, h = obj.xywh
             gt.append({"id": obj.id, "bbox": [x, y, w, h], "category_id": obj.label + 1,
@@ -274,12 +278,22 @@ def assemble(entries: list[RawImage], min_box_size: float, keep_empty: bool, sou
             id=img.id, file=img.file, width=img.width, height=img.height,
             boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
             labels=np.asarray(labels, dtype=np.int64), gt=gt, size_from=img.size_from,
-            annotation=img.annotation))
+            annotation=img.annotation, places=places))
     if counts.clipped or counts.degenerate or counts.outside or counts.empty_images_dropped:
         log.warning("%s: %s", source, counts.summary())
     else:
         log.info("%s: %s", source, counts.summary())
     return records, counts
+
+
+def read_text(path: Path, expected: str) -> str:
+    """A text file a format defines (a JSON, an image list, a label file), as UTF-8 (a leading
+    BOM dropped): another encoding or a binary file is one line naming it, not a traceback."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        f"expected {expected}") from None
 
 
 def finite_number(text: str, prefix: str) -> float:

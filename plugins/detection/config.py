@@ -52,6 +52,19 @@ class DataConfig(Section):
     balanced_sampling: bool = Field(False, description="draw each epoch's training samples so that classes come "
                                     "up equally (an image counts for the rarest class it holds), with replacement")
 
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        """A name given twice would give its objects the later label and shift none of the others
+        into its place: every label after it would be off by one against the list."""
+        if value is not None:
+            if not value:
+                raise ValueError("give at least one class name, or leave it unset")
+            twice = next((n for k, n in enumerate(value) if n in value[:k]), None)
+            if twice is not None:
+                raise ValueError(f"{twice!r} appears twice; each class once, in label order")
+        return value
+
 
 class ModelConfig(Section):
     name: str = Field("fcos_light", description="a torchvision detector or fcos_light")

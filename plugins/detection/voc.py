@@ -25,13 +25,13 @@ from visionkit.data.images import IMAGE_SUFFIXES
 from visionkit.datacheck.images import header_size, parallel_map
 from visionkit.errors import DataError
 
-from .coco import CocoSplit, RawImage, RawObject, assemble, finite_number
+from .coco import CocoSplit, RawImage, RawObject, assemble, finite_number, read_text
 
 
 def read_ids(list_file: Path) -> list[str]:
     if not list_file.is_file():
         raise DataError(f"{list_file}: VOC image set list not found (data.voc_train_list / data.voc_val_list)")
-    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_text(list_file, "image ids, one per line").splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{list_file}: the image set list is empty")
     return ids
@@ -118,7 +118,7 @@ def _read_one(xml_file: Path, image_dir: Path, image_id: str, label_of: dict[str
             raise DataError(f"{xml_file} {where}: field 'difficult': expected 0 or 1, got {difficult!r}")
         x0, y0 = xmin - 1, ymin - 1
         objects.append(RawObject(0, (x0, y0, xmax - x0, ymax - y0), label_of[name],
-                                 ignore_in_eval=difficult == "1"))
+                                 ignore_in_eval=difficult == "1", place=where))
     return image, width, height, objects, size_from
 
 

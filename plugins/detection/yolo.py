@@ -28,7 +28,7 @@ from visionkit.data.images import IMAGE_SUFFIXES
 from visionkit.datacheck.images import header_sizes
 from visionkit.errors import DataError
 
-from .coco import CocoSplit, RawImage, RawObject, assemble, finite_number
+from .coco import CocoSplit, RawImage, RawObject, assemble, finite_number, read_text
 
 _FIELDS = ("x_center", "y_center", "width", "height")
 
@@ -37,8 +37,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path}: YOLO data.yaml not found (data.root / data.yolo_yaml)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = yaml.safe_load(read_text(path, "a YOLO data.yaml"))
+    except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: not valid YAML ({first})") from None
     if not isinstance(data, dict):
@@ -91,7 +91,7 @@ def image_files(path: Path, data: dict[str, Any], split: str) -> list[Path]:
         if where.is_dir():
             files += [p for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
         elif where.is_file() and where.suffix == ".txt":
-            for n, line in enumerate(where.read_text().splitlines(), start=1):
+            for n, line in enumerate(read_text(where, "a list of image paths, one per line").splitlines(), start=1):
                 line = line.strip()
                 if not line:
                     continue
@@ -118,12 +118,9 @@ def label_file(image: Path) -> Path:
     return Path(text).with_suffix(".txt")
 
 
-def parse_labels(label: Path, names: list[str], yaml_path: Path) -> list[tuple[int, tuple[float, float, float, float]]]:
-    """``(class, (x_center, y_center, width, height))`` per object, fractions of the image."""
-    try:
-        text = label.read_text()
-    except UnicodeDecodeError:
-        raise DataError(f"{label}: not a text file") from None
+def parse_labels(label: Path, names: list[str], yaml_path: Path) -> list[tuple[int, tuple[float, float, float, float], int]]:
+    """``(class, (x_center, y_center, width, height), line number)`` per object, fractions of the image."""
+    text = read_text(label, "YOLO labels, one object per line (class x_center y_center width height)")
     objects = []
     for n, line in enumerate(text.splitlines(), start=1):
         values = line.split()
@@ -148,7 +145,7 @@ def parse_labels(label: Path, names: list[str], yaml_path: Path) -> list[tuple[i
         else:
             xs, ys = coords[0::2], coords[1::2]
             box = ((min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys))
-        objects.append((int(cls), box))
+        objects.append((int(cls), box, n))
     return objects
 
 
@@ -162,12 +159,12 @@ def read_split(yaml_path: Path, split: str, min_box_size: float, keep_empty: boo
         label = label_file(image)
         parsed = parse_labels(label, names, yaml_path) if label.is_file() else []
         objects = []
-        for cls, (cx, cy, w, h) in parsed:
+        for cls, (cx, cy, w, h), line in parsed:
             # Fractions written with 6 decimals land a few 1e-5 px off the pixel grid (a box on the
             # edge would count as clipped): 0.01 px is finer than any annotation.
             x0, y0 = round((cx - w / 2) * width, 2) + 0.0, round((cy - h / 2) * height, 2) + 0.0
             x1, y1 = round((cx + w / 2) * width, 2), round((cy + h / 2) * height, 2)
-            objects.append(RawObject(next_id, (x0, y0, x1 - x0, y1 - y0), cls))
+            objects.append(RawObject(next_id, (x0, y0, x1 - x0, y1 - y0), cls, place=f"line {line}"))
             next_id += 1
         entries.append(RawImage(image_id, image, width, height, objects, None, label))
     records, counts = assemble(entries, min_box_size, keep_empty, f"{yaml_path} ({split})")

@@ -317,7 +317,13 @@ def default_check(dataset: Any, split: str) -> SplitCheck:
     samples through the dataset itself (bounded like the image reads)."""
 
     def deep(i: int) -> None:
-        dataset[i]
+        try:
+            dataset[i]
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (whatever a plugin's loader raises is a finding about the sample)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise DataError(f"sample {i} (dataset[{i}]): {type(exc).__name__}: {first}") from None
         return None
 
     samples = [Sample(None) for _ in range(len(dataset))]
