@@ -164,7 +164,8 @@ def test_empty_images_duplicates_overlap_and_val_only_classes_are_warnings(capsy
 
 def test_an_unknown_model_name_is_found_by_data_check(capsys, tmp_path, shapes_cls):
     code, out = check(capsys, shapes_cls, "model.name=resnt18", config=CLS)
-    assert code == 2 and "config: model.name: unknown classification model 'resnt18' (did you mean 'resnet18'?)" in out
+    assert code == 2 and (f"config: {CLS} (with command-line overrides): model.name: unknown classification model "
+                          "'resnt18' (did you mean 'resnet18'?)") in out
 
 
 def test_segmentation_and_classification_checks(capsys, scenes, shapes_cls):

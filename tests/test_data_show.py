@@ -14,7 +14,7 @@ from PIL import Image
 
 from visionkit.cli import main
 from visionkit.data import synth
-from visionkit.datacheck.show import CAPTION, PAD
+from visionkit.datacheck.show import CAPTION, PAD, TILE_MAX
 
 SIZE = 32  # enlarged 8x to 256-px tiles
 
@@ -95,3 +95,22 @@ def test_a_box_under_a_pixel_wide_is_drawn_as_a_line(tmp_path, scenes):
     grid = show(tmp_path, "configs/detection/shapes.yaml", root, "-n", "1", "--split", "val", "data.min_box_size=0")
     raw = enlarged(root / "images" / "val" / coco["images"][0]["file_name"])
     assert np.abs(tile(grid, 0, 1)[4 * 8, 3 * 8] - raw[4 * 8, 3 * 8]).sum() > 0
+
+
+def test_large_photos_are_drawn_smaller_with_their_boxes_in_place(tmp_path):
+    """16 tiles of 4000-px photos made a 16000-px grid: a tile is at most TILE_MAX on its longest
+    side, and the boxes are drawn at the same scale."""
+    side = 1100
+    big = synth.scenes(tmp_path / "big", num_train=1, num_val=4, size=side, seed=6)
+    grid = show(tmp_path, "configs/detection/shapes.yaml", big, "-n", "4", "--split", "val")
+    assert grid.shape == (PAD + 2 * (TILE_MAX + CAPTION + PAD), PAD + 2 * (TILE_MAX + PAD), 3)
+    coco = json.loads((big / "annotations" / "instances_val.json").read_text())
+    scale = TILE_MAX / side
+    for k, image in enumerate(coco["images"]):
+        drawn = tile(grid, k, 2, TILE_MAX)
+        with Image.open(big / "images" / "val" / image["file_name"]) as img:
+            raw = np.asarray(img.convert("RGB").resize((TILE_MAX, TILE_MAX), Image.BOX)).astype(int)
+        for ann in (a for a in coco["annotations"] if a["image_id"] == image["id"]):
+            x, y, w, h = ann["bbox"]
+            row, col = round((y + h * 0.75) * scale), round(x * scale)  # the left edge, below the caption
+            assert np.abs(drawn[row, col - 1:col + 2] - raw[row, col - 1:col + 2]).sum() > 0

@@ -147,6 +147,15 @@ def test_a_pretrained_classifier_with_other_classes_loads_all_but_its_head(cache
         build_model(ModelConfig(name="resnet18", pretrained="DEFAULT", weights_strict=True), 4, 3, 32)
 
 
+def test_every_task_loads_initial_weights_by_the_same_policy():
+    """One loader (visionkit.weights.load_state) and one default: what fits is loaded, the rest named."""
+    from visionkit.registry import get_plugin
+
+    defaults = {task: get_plugin(task).ModelConfig.model_fields["weights_strict"].default
+                for task in ("classification", "detection", "segmentation")}
+    assert defaults == {"classification": False, "detection": False, "segmentation": False}
+
+
 def test_a_corrupt_cached_file_is_refused_before_it_is_loaded(cache, resnet18, monkeypatch):
     from visionkit_plugins.classification.models import ModelConfig, build_model
 

@@ -32,13 +32,6 @@ def read_state_dict(path: Path | str, field: str = "weights") -> dict[str, torch
     return state
 
 
-#: the policy, the same for every task and every source of initial weights (``model.weights``,
-#: ``model.pretrained``, a backbone's): tensors are matched by name and shape. Not strict (the
-#: default): what fits is loaded, and one line names the tensors that kept their initial values
-#: (a head for another class count is re-initialised this way). Strict: every tensor must fit.
-STRICT_DEFAULT = False
-
-
 def load_weights(module: nn.Module, path: Path | str, strict: bool, field: str = "weights",
                  add_prefix: str = "", strip_prefixes: Sequence[str] = ("",)) -> None:
     """Loads the file ``path`` into ``module`` (see :func:`load_state`)."""
@@ -59,7 +52,9 @@ def _counted(key: str) -> bool:
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, field: str, where: str,
                add_prefix: str = "", strip_prefixes: Sequence[str] = ("",)) -> None:
-    """Loads the tensors of ``state`` (read from ``where``) into ``module``.
+    """Loads the tensors of ``state`` (read from ``where``) into ``module``: the one policy for
+    every task and every source of initial weights (``model.weights``, ``model.pretrained``, a
+    backbone's), each task's ``model.weights_strict`` defaulting to false.
 
     Keys are renamed first: the one of ``strip_prefixes`` under which most tensors fit is removed
     (a classifier's ``features.`` for a segmenter's backbone), then ``add_prefix`` is put in front

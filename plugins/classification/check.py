@@ -34,7 +34,7 @@ def draw_sample(dataset, index: int, augmented: bool):
     import numpy as np
 
     from visionkit.data.images import load_rgb
-    from visionkit.datacheck.show import to_uint8
+    from visionkit.datacheck.show import fit, to_uint8
     from visionkit.runtime.tasks import label
 
     if hasattr(dataset, "samples"):
@@ -48,4 +48,4 @@ def draw_sample(dataset, index: int, augmented: bool):
         image = load_rgb(path)
     else:
         image = to_uint8(np.asarray(dataset.raw[index]))
-    return label(image, dataset.classes[int(target)]), name
+    return label(fit(image)[0], dataset.classes[int(target)]), name

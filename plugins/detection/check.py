@@ -58,7 +58,7 @@ def draw_sample(dataset, index: int, augmented: bool):
     from PIL import Image, ImageDraw
 
     from visionkit.data.images import load_rgb
-    from visionkit.datacheck.show import enlarge, to_uint8
+    from visionkit.datacheck.show import fit, to_uint8
     from visionkit.runtime.tasks import font, palette
 
     rec = dataset.split.records[index]
@@ -68,16 +68,16 @@ def draw_sample(dataset, index: int, augmented: bool):
         boxes, labels = target["boxes"].numpy(), target["labels"].numpy() - 1
     else:
         image, boxes, labels = load_rgb(rec.file), rec.boxes, rec.labels
-    tile, scale = enlarge(image)
+    tile, scale = fit(image)  # a photo drawn smaller, a 32-px scene larger
     pil = Image.fromarray(tile)
     draw = ImageDraw.Draw(pil)
-    face = font(max(10, 5 * scale))
+    face = font(max(10, round(5 * scale)))
     colours = palette(len(dataset.classes) + 1)[1:]
     for (x0, y0, x1, y1), label in zip(boxes.tolist(), labels.tolist()):
         colour = tuple(int(c) for c in colours[int(label) % len(colours)])
         left, top = x0 * scale, y0 * scale
         right, bottom = max(left, x1 * scale - 1), max(top, y1 * scale - 1)  # a box under a pixel: a line
-        draw.rectangle((left, top, right, bottom), outline=colour, width=max(1, scale // 2))
+        draw.rectangle((left, top, right, bottom), outline=colour, width=max(1, int(scale // 2)))
         text = dataset.classes[int(label)]
         box = draw.textbbox((x0 * scale, y0 * scale), text, font=face)
         lift = box[3] - box[1] + 2

@@ -34,7 +34,7 @@ def draw_sample(dataset, index: int, augmented: bool):
     present as the caption."""
     from PIL import Image
 
-    from visionkit.datacheck.show import enlarge, to_uint8
+    from visionkit.datacheck.show import fit, to_uint8
     from visionkit.runtime.tasks import palette
 
     from .visuals import overlay
@@ -45,6 +45,6 @@ def draw_sample(dataset, index: int, augmented: bool):
     else:
         image, mask = dataset.raw(index)
     drawn = overlay(image, mask.astype(np.int64), palette(len(dataset.classes)))
-    tile, _ = enlarge(drawn)
+    tile, _ = fit(drawn)
     present = [dataset.classes[int(v)] for v in np.unique(mask) if 0 < v < len(dataset.classes)]
     return Image.fromarray(tile), f"{dataset.source.images[index].name}: {', '.join(present) or 'background only'}"

@@ -9,7 +9,8 @@ from ..errors import UserError
 
 
 def load(config: str, overrides: list[str]):
-    """(config, plugin, task sections), validated as ``visionkit train`` validates them."""
+    """(config, plugin, task sections, source: the name its errors give the config), validated
+    as ``visionkit train`` validates them."""
     from ..config import Config, apply_overrides, read_yaml, task_configs, validate_section
     from ..registry import get_plugin
 
@@ -20,21 +21,21 @@ def load(config: str, overrides: list[str]):
         plugin = get_plugin(cfg.task)
     except UserError as exc:
         raise type(exc)(f"{source}: task: {exc}") from None
-    return cfg, plugin, task_configs(cfg, plugin, source, base=Path.cwd())
+    return cfg, plugin, task_configs(cfg, plugin, source, base=Path.cwd()), source
 
 
 def run_check(config: str, overrides: list[str], limit: Optional[int], decode: bool) -> int:
     from . import Finding, check, format_report
     from .model import check_model
 
-    cfg, plugin, sections = load(config, overrides)
+    cfg, plugin, sections, source = load(config, overrides)
     print(f"[visionkit] data check: {cfg.task} data in {getattr(sections.data, 'root', '?')}"
           + (f"; at most {limit} images read per split, evenly spread" if limit else "; every image read"), flush=True)
     report = check(plugin, sections.data, limit=limit or None, decode=decode)
     train = next((s for s in report.splits.values() if s.name == "train" and s.built), None)
     if train is not None:
         try:
-            check_model(plugin, sections, report.classes)
+            check_model(plugin, sections, report.classes, source)
         except UserError as exc:
             report.findings.append(Finding("error", "config", str(exc)))
     print(format_report(report), flush=True)
@@ -44,7 +45,7 @@ def run_check(config: str, overrides: list[str], limit: Optional[int], decode: b
 def run_show(config: str, overrides: list[str], out: str, split: str, augmented: bool, n: int) -> int:
     from .show import show
 
-    cfg, plugin, sections = load(config, overrides)
+    cfg, plugin, sections, _ = load(config, overrides)
     path, drawn, total = show(plugin, sections, cfg.train.seed, split, augmented, n, Path(out))
     how = "after the split's transform (train.seed, epoch 1)" if augmented else "as stored"
     print(f"[visionkit] data show: {drawn} of {total} {split} samples, {how} -> {path}", flush=True)

@@ -11,7 +11,7 @@ checkpoint: reading weights stays the workers' job.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Optional, get_args
 
 from ..errors import UserError
 
@@ -23,15 +23,18 @@ def _without_weight_files(model_cfg: Any) -> Any:
     return model_cfg.model_copy(update={name: None for name in paths}) if paths else model_cfg
 
 
-def check_model(plugin, sections, classes: list[str]) -> None:
-    """Raises the plugin's own one-line error (ConfigError...) for a model it cannot build; any
-    other failure on the meta device is not the user's and is left to the workers to report."""
+def check_model(plugin, sections, classes: list[str], source: Optional[str] = None) -> None:
+    """Raises the plugin's own one-line error (ConfigError...) for a model it cannot build, naming
+    the config file ``source`` when given; any other failure on the meta device is not the
+    user's and is left to the workers to report."""
     import torch
 
     try:
         with torch.device("meta"):
             plugin.build_model(_without_weight_files(sections.model), list(classes), sections.data)
-    except UserError:
+    except UserError as exc:
+        if source:
+            raise type(exc)(f"{source}: {exc}") from None
         raise
     except Exception:  # noqa: BLE001  (a model that cannot be built on meta: the workers will say)
         pass

@@ -17,6 +17,10 @@ import numpy as np
 
 PAD = 6
 CAPTION = 16
+#: the longest side of a tile: photos are drawn smaller (16 tiles of 4000-px images made a
+#: 16000-px grid), small images larger (whole pixels) up to ``TILE_MIN``
+TILE_MAX = 512
+TILE_MIN = 256
 
 
 def to_uint8(image: Any) -> np.ndarray:
@@ -33,16 +37,27 @@ def to_uint8(image: Any) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def enlarge(image: np.ndarray, target: int = 256) -> tuple[np.ndarray, int]:
-    """Small images drawn larger (whole-pixel steps, nearest), so labels stay readable."""
-    scale = max(1, target // max(image.shape[:2]))
+def fit(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """The image at tile size and the scale it was drawn at: small images larger (whole-pixel
+    steps, nearest: a 32-px image's pixels stay sharp and labels readable), large ones smaller
+    (pixel areas averaged) to ``TILE_MAX`` on their longest side."""
+    from PIL import Image
+
+    side = max(image.shape[:2])
+    if side > TILE_MAX:
+        scale = TILE_MAX / side
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        return np.asarray(Image.fromarray(image).resize(size, Image.BOX)), scale
+    scale = max(1, TILE_MIN // side)
     return (np.kron(image, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else image), scale
 
 
 def grid(tiles: list[tuple[Any, str]]):
-    """``(PIL image, caption)`` tiles -> one PIL image."""
+    """``(PIL image, caption)`` tiles -> one PIL image; a plugin's tile larger than ``TILE_MAX``
+    is shrunk to it."""
     from PIL import Image, ImageDraw
 
+    tiles = [(_capped(t), c) for t, c in tiles]
     cols = max(1, math.ceil(math.sqrt(len(tiles))))
     rows = max(1, math.ceil(len(tiles) / cols))
     cell_w = max(t.width for t, _ in tiles)
@@ -54,6 +69,14 @@ def grid(tiles: list[tuple[Any, str]]):
         draw.text((x, y + 2), caption[: max(8, cell_w // 6)], fill=(0, 0, 0))
         sheet.paste(tile, (x, y + CAPTION))
     return sheet
+
+
+def _capped(tile):
+    if max(tile.size) <= TILE_MAX:
+        return tile
+    tile = tile.copy()
+    tile.thumbnail((TILE_MAX, TILE_MAX))
+    return tile
 
 
 def show(plugin, sections, train_seed: int, split: str, augmented: bool, n: int, out: Path) -> tuple[Path, int, int]:
@@ -90,5 +113,5 @@ def default_draw(dataset, index: int, augmented: bool):
     array = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image, dtype=float)
     lo, hi = float(array.min()), float(array.max())
     array = (array - lo) / (hi - lo) if hi > lo else array * 0
-    tile, _ = enlarge(to_uint8(array))
+    tile, _ = fit(to_uint8(array))
     return Image.fromarray(tile), f"#{index}"

@@ -39,9 +39,10 @@ def _check_devices(cfg: Config, source: str) -> None:
                           "false; set ray.use_gpu: true or drop the GPU entry")
 
 
-def _preflight(plugin, sections, resumed: Optional[Checkpoint] = None) -> None:
+def _preflight(plugin, sections, resumed: Optional[Checkpoint] = None, source: Optional[str] = None) -> None:
     """Builds the datasets once here so that bad data fails in a second, not after Ray starts;
-    a resumed run's classes must be the checkpoint's (a renamed folder would swap labels)."""
+    a resumed run's classes must be the checkpoint's (a renamed folder would swap labels).
+    ``source``: the config's name, for the model check's errors (as the config's own have it)."""
     from ..datacheck import preflight, preflight_line
     from ..datacheck.model import check_model
 
@@ -60,7 +61,7 @@ def _preflight(plugin, sections, resumed: Optional[Checkpoint] = None) -> None:
     # and the model a worker would build: both fail here, in one line, before Ray starts.
     report = preflight(plugin, datasets)
     print(f"[visionkit] {preflight_line(report)}", flush=True)  # what it read, since it reads a sample
-    check_model(plugin, sections, datasets["train"].classes)
+    check_model(plugin, sections, datasets["train"].classes, source)
 
 
 def _check_reachable(address: str) -> None:
