@@ -299,11 +299,18 @@ def test_train_reads_the_sampled_masks_before_ray_starts(capsys, data, tmp_path,
         "is 32x32"), out
 
 
-def test_train_stops_on_an_unknown_model_before_ray_starts(capsys, shapes_cls, tmp_path, no_ray):
+@pytest.mark.parametrize("pretrained", [None, "DEFAULT"])
+def test_train_stops_on_an_unknown_model_before_ray_starts(capsys, shapes_cls, tmp_path, no_ray, pretrained):
+    """Named with the config file, and a misspelt name is did-you-mean even with model.pretrained
+    set (not "has no published weights")."""
+    extra = [f"model.pretrained={pretrained}"] if pretrained else []
     code, out = train_cli(capsys, CLS, f"data.root={shapes_cls}", "model.name=resnt18",
-                          f"output.storage_path={tmp_path / 'runs'}")
+                          f"output.storage_path={tmp_path / 'runs'}", *extra)
     assert code == 2 and "Traceback" not in out
-    assert out.strip().splitlines()[-1].startswith("visionkit: error: model.name: unknown classification model 'resnt18'")
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"visionkit: error: {CLS} (with command-line overrides): model.name: "
+                           "unknown classification model 'resnt18'"), last
+    assert "resnet18" in last, last
 
 
 def test_voc_and_yolo_sets_are_checked_too(capsys, tmp_path):

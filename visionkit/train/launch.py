@@ -366,15 +366,15 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
         plugin = _plugin_for(cfg, source)
     sections = task_configs(cfg, plugin, source, base=Path.cwd())
     _check_devices(cfg, source)
-    if resumed is None:  # published weights named and cached (a resume reads the checkpoint's)
-        from ..pretrained import check_section
-
-        check_section(sections.model, source)
     resolved = resolved_dict(cfg, sections)
     if resumed is not None:
         # Before anything is written: a refused override leaves config.yaml as it was.
         checkpoint.check_resume(resumed, resolved, sections.model, source)
-    _preflight(plugin, sections, resumed)
+    _preflight(plugin, sections, resumed, source)
+    if resumed is None:  # published weights named and cached (a resume reads the checkpoint's);
+        from ..pretrained import check_section  # after the model check: a misspelt model.name is did-you-mean
+
+        check_section(sections.model, source)
     tracker = tracking.driver(cfg, source)  # MLflow there and answering: before anything is written
     resolved = resolved_dict(cfg, sections)  # with tracking.mlflow.uri made absolute
 
