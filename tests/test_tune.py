@@ -116,13 +116,19 @@ def test_an_asha_search_stops_trials_early_and_its_best_config_trains_the_same(r
 
 
 def test_a_killed_search_resumes_without_running_finished_trials_again(ray_cluster, shapes_cls, tmp_path):
-    """Two trials side by side, of 1 and 10 epochs (an epoch lasts about a second). The tune driver
-    is SIGKILLed once the short one has finished (its report.html written) while the long one has
-    a checkpoint; --resume continues the long one from it, and does not touch the finished one."""
-    args = search_overrides(shapes_cls, tmp_path, "killed", {"train.epochs": {"grid": [1, 10]}}, "fifo", epochs=10)
-    driver = subprocess.Popen([sys.executable, "-m", "visionkit.cli", "tune", CONFIG, *args, "--address", ray_cluster],
-                              cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    """Two trials side by side, of 1 and 10 epochs, ray.max_failures 1. Once Ray Train has committed
+    a checkpoint of the long one (its controller polls every 2 s; a worker lost before that starts
+    again from scratch, by Ray's rule) the trial's worker process is SIGKILLed: Ray Train restarts
+    it from that checkpoint, within the same trial. The tune driver is SIGKILLed once the short
+    trial has finished (its report.html written) and the restarted worker has saved a checkpoint
+    of its own; --resume continues the long one from it, and does not touch the finished one."""
+    args = search_overrides(shapes_cls, tmp_path, "killed", {"train.epochs": {"grid": [1, 10]}}, "fifo", epochs=10,
+                            **{"ray.max_failures": 1})
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "visionkit.cli", "tune", CONFIG, *args,
+                                   "--address", ray_cluster], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     tune_dir = tmp_path / "killed"
 
     def trial(epochs: int) -> Path | None:
@@ -131,19 +137,40 @@ def test_a_killed_search_resumes_without_running_finished_trials_again(ray_clust
                 return config.parent
         return None
 
-    def short_done_long_midway() -> bool:
-        short, long = trial(1), trial(10)
-        return bool(short and (short / "report.html").exists() and long and (long / "checkpoints" / "last.pt").exists())
+    def attempts(run: Path | None) -> list[dict]:
+        try:
+            return json.loads((run / "workers.json").read_text())["attempts"]
+        except (TypeError, OSError, ValueError):
+            return []
+
+    def committed(run: Path | None) -> bool:
+        try:
+            return json.loads((run / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"] is not None
+        except (TypeError, OSError, ValueError):
+            return False
+
+    def wait_for(predicate) -> None:
+        deadline = time.time() + 400
+        while not predicate() and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert driver.poll() is None and predicate(), log.read_text()[-5000:]
 
     try:
-        deadline = time.time() + 400
-        while not short_done_long_midway() and time.time() < deadline and driver.poll() is None:
-            time.sleep(0.2)
-        assert driver.poll() is None, driver.stdout.read()
+        wait_for(lambda: attempts(trial(10)) and committed(trial(10)))
+        long = trial(10)
+        [worker] = attempts(long)[0]["workers"]
+        os.kill(worker["pid"], signal.SIGKILL)  # the trial's one Ray Train worker
+
+        def short_done_long_restarted() -> bool:
+            short, tries = trial(1), attempts(long)
+            return bool(short and (short / "report.html").exists() and len(tries) == 2
+                        and (long / "checkpoints" / "last.pt").stat().st_mtime > tries[1]["started_unix"])
+
+        wait_for(short_done_long_restarted)
         os.killpg(driver.pid, signal.SIGKILL)
     finally:
         driver.wait(30)
-    short, long = trial(1), trial(10)
+    short = trial(1)
     done_before = len(read_metrics(long))
     assert done_before < 10, "the long trial finished before the kill"
     before = ((short / "metrics.jsonl").read_bytes(), (short / "workers.json").read_bytes(),
@@ -153,9 +180,11 @@ def test_a_killed_search_resumes_without_running_finished_trials_again(ray_clust
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resuming" in proc.stdout
     rows = {r["trial"]: r for r in results(tune_dir)}
-    assert {r["status"] for r in rows.values()} == {"finished"}, rows
+    assert {r["status"] for r in rows.values()} == {"finished"}, (rows, proc.stdout[-6000:])
     assert [m["epoch"] for m in read_metrics(long)] == list(range(10))  # every epoch once
-    attempts = json.loads((long / "workers.json").read_text())["attempts"]
-    assert len(attempts) == 2 and attempts[1]["start_epoch"] >= 1  # from its checkpoint, not from scratch
+    tries = attempts(long)
+    # Restarted by Ray Train from its checkpoint (not from scratch), then resumed from a later one.
+    assert len(tries) == 3 and 1 <= tries[1]["start_epoch"] < tries[2]["start_epoch"], tries
+    assert tries[1]["workers"][0]["pid"] != worker["pid"]
     assert ((short / "metrics.jsonl").read_bytes(), (short / "workers.json").read_bytes(),
             (short / "report.html").stat().st_mtime_ns) == before
