@@ -45,6 +45,10 @@ def tune_config(tmp_path, root, space: dict, **tune) -> str:
     ({"ray.num_workers": {"choice": [1, 2]}},
      "tune.space.ray.num_workers: ray.* cannot be searched: every trial gets the same workers and resources "
      "(set ray.* outside tune.space)"),
+    # Both ends are whole numbers, but every sample would not be: refused, not failed in every trial.
+    ({"train.batch_size": {"uniform": [8, 64]}},
+     "tune.space.train.batch_size.uniform: samples fractional values (e.g. 36.25) and train.batch_size takes whole "
+     "numbers: use {randint: [8, 65]} (high excluded)"),
 ])
 def test_a_bad_space_is_one_line_before_anything_starts(shapes_cls, tmp_path, capsys, space, expected):
     config = tune_config(tmp_path, shapes_cls, space)
@@ -102,10 +106,12 @@ def test_a_space_becomes_ray_tune_domains_and_trial_configs():
     assert isinstance(wd, Float) and (wd.lower, wd.upper) == (0, 0.1)
     assert isinstance(seed, Integer) and (seed.lower, seed.upper) == (0, 3)
     assert isinstance(hidden, Categorical) and hidden.categories == [[64], [128, 64]]
-    # Every end of every range and every choice was validated in a whole config.
-    assert [s["train"]["optimizer"]["lr"] for s in seen[:2]] == [1e-4, 1e-2]
+    # Every end of every range, a fractional value inside each float range (the geometric middle
+    # for loguniform) and every choice was validated in a whole config.
+    assert [s["train"]["optimizer"]["lr"] for s in seen[:3]] == [1e-4, 1e-2, pytest.approx(1e-3)]
+    assert [s["train"]["optimizer"]["weight_decay"] for s in seen[3:6]] == [0, 0.1, 0.05]
     assert [s["train"]["seed"] for s in seen if s["train"]["seed"] != 0] == [2]  # randint's high is excluded
-    assert len(seen) == 2 + 2 + 2 + 2
+    assert len(seen) == 3 + 3 + 2 + 2
     trial = trial_config(base, {"train.optimizer.lr": 0.003, "model.hidden": [64]})
     assert trial["train"]["optimizer"] == {"lr": 0.003, "weight_decay": 0.0} and trial["model"]["hidden"] == [64]
     assert base["train"]["optimizer"]["lr"] == 0.1  # the base is not touched

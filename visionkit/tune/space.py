@@ -40,6 +40,15 @@ class Param:
         low, high = self.args
         return [low, high - 1] if self.kind == "randint" else [low, high]
 
+    def interior(self) -> float:
+        """A fractional value inside a ``uniform``/``loguniform`` range, as its samples are: the
+        middle (geometric for loguniform), moved off a whole number."""
+        low, high = self.args
+        value = math.sqrt(low * high) if self.kind == "loguniform" else (low + high) / 2
+        if float(value).is_integer():
+            value += min(0.25, (high - value) / 2)
+        return value
+
     def domain(self):
         from ray import tune
 
@@ -119,8 +128,9 @@ def parse_space(space: Any, config: dict[str, Any], validate: Callable[[dict[str
     """Checks ``tune.space`` against ``config`` (the resolved config a trial starts from).
 
     ``validate`` raises :class:`ConfigError` for a config the task refuses; it is called with
-    every candidate value in place, so ``train.batch_size: {choice: [0, 8]}`` fails here, not
-    in a trial an hour later."""
+    every candidate value in place (every choice, both ends of a range, and a fractional value
+    inside a float range), so ``train.batch_size: {choice: [0, 8]}`` or ``{uniform: [8, 64]}``
+    fails here, not in every trial an hour later."""
     if not isinstance(space, dict) or not space:
         raise ConfigError("tune.space: empty; map at least one config key to a distribution, "
                           "e.g. train.optimizer.lr: {loguniform: [1e-4, 1e-2]}")
@@ -146,14 +156,32 @@ def parse_space(space: Any, config: dict[str, Any], validate: Callable[[dict[str
             raise ConfigError(f"{where}: search optuna can only choose between single values "
                               f"(numbers, strings, booleans), got {list(param.args)!r}")
         for value in param.candidates():
-            trial = copy.deepcopy(config)
-            set_key(trial, key, value)
-            try:
-                validate(trial)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: the value {value!r} does not fit the config: {exc}") from None
+            problem = _refusal(config, key, value, validate)
+            if problem:
+                raise ConfigError(f"{where}: the value {value!r} does not fit the config: {problem}")
+        if param.kind in ("uniform", "loguniform"):
+            inside = param.interior()
+            problem = _refusal(config, key, inside, validate)
+            if problem and not _refusal(config, key, round(inside), validate):
+                low, high = param.args
+                raise ConfigError(f"{where}.{param.kind}: samples fractional values (e.g. {inside:g}) and {key} takes "
+                                  f"whole numbers: use {{randint: [{math.ceil(low)}, {math.floor(high) + 1}]}} "
+                                  "(high excluded)")
+            if problem:
+                raise ConfigError(f"{where}: the value {inside!r} does not fit the config: {problem}")
         params.append(param)
     return params
+
+
+def _refusal(config: dict[str, Any], key: str, value: Any, validate: Callable[[dict[str, Any]], None]) -> str:
+    """Why the task refuses ``config`` with ``key`` set to ``value`` ('' when it does not)."""
+    trial = copy.deepcopy(config)
+    set_key(trial, key, value)
+    try:
+        validate(trial)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
 
 
 def trial_config(config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
