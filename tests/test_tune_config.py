@@ -1,6 +1,7 @@
 """In this process, without Ray: the tune: section and its space, train.early_stopping."""
 
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -49,6 +50,12 @@ def tune_config(tmp_path, root, space: dict, **tune) -> str:
     ({"train.batch_size": {"uniform": [8, 64]}},
      "tune.space.train.batch_size.uniform: samples fractional values (e.g. 36.25) and train.batch_size takes whole "
      "numbers: use {randint: [8, 65]} (high excluded)"),
+    ({"train.early_stopping.patiance": {"choice": [2, 3]}},
+     "tune.space.train.early_stopping.patiance: not a key of the classification config "
+     "(did you mean 'train.early_stopping.patience'?)"),
+    ({"train.early_stopping.min_delta": {"uniform": [0, 0.1]}},
+     "tune.space.train.early_stopping.min_delta: switches on train.early_stopping (null in the config), which then "
+     "lacks a key: train.early_stopping.patience: required key is missing; set it in the config"),
 ])
 def test_a_bad_space_is_one_line_before_anything_starts(shapes_cls, tmp_path, capsys, space, expected):
     config = tune_config(tmp_path, shapes_cls, space)
@@ -117,6 +124,24 @@ def test_a_space_becomes_ray_tune_domains_and_trial_configs():
     assert base["train"]["optimizer"]["lr"] == 0.1  # the base is not touched
     with pytest.raises(ConfigError, match="grid is not supported by search optuna"):
         parse_space({"train.seed": {"grid": [0, 1]}}, base, lambda raw: None, optuna=True)
+
+
+def test_a_key_of_a_section_left_null_is_searched_with_that_sections_defaults(shapes_cls, tmp_path):
+    """train.early_stopping and train.ema are null by default: searching one of their keys
+    switches the section on in each trial, with the section's defaults for its other keys."""
+    from visionkit.config import Config, EMAConfig, read_yaml, validate_section
+    from visionkit.tune.search import Search
+
+    space = {"train.early_stopping.patience": {"choice": [2, 4]}, "train.ema.decay": {"uniform": [0.9, 0.99]}}
+    config = tune_config(tmp_path, shapes_cls, space)
+    search = Search(read_yaml(Path(config)), config, tmp_path)
+    assert [p.key for p in search.params] == list(space)
+    assert search.base["train"]["early_stopping"] is None and search.base["train"]["ema"] is None
+    trial = validate_section(Config, trial_config(search.base, {"train.early_stopping.patience": 4,
+                                                                "train.ema.decay": 0.95}), "trial")
+    assert trial.train.early_stopping == EarlyStoppingConfig(patience=4)
+    assert trial.train.ema == EMAConfig(decay=0.95)
+    assert search.base["train"]["early_stopping"] is None  # each trial's own copy
 
 
 def test_early_stopping_counts_evaluations_without_an_improvement_larger_than_min_delta():

@@ -46,6 +46,15 @@ def _validator(plugin, check_devices):
     return validate
 
 
+def _section_models(plugin) -> dict[str, type]:
+    """The model of each top-level section of a trial's config (the core's and the task's)."""
+    from .space import section_model
+
+    models = {name: section_model(field.annotation) for name, field in Config.model_fields.items()}
+    models.update(data=plugin.DataConfig, model=plugin.ModelConfig, loss=plugin.LossConfig)
+    return {name: model for name, model in models.items() if model is not None}
+
+
 class Search:
     """A checked search: its config, task plugin, parameters and tune directory."""
 
@@ -79,7 +88,8 @@ class Search:
         self.base = {k: v for k, v in self.resolved.items() if k != "tune"}
         try:
             self.params = parse_space(t.space, self.base, _validator(self.plugin, launch._check_devices),
-                                      asha=t.scheduler.name == "asha", optuna=t.search == "optuna")
+                                      asha=t.scheduler.name == "asha", optuna=t.search == "optuna",
+                                      sections=_section_models(self.plugin))
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         metric = self.plugin.MetricClass

@@ -13,7 +13,9 @@ import difflib
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, get_args
+
+from pydantic import BaseModel
 
 from ..errors import ConfigError
 
@@ -104,37 +106,64 @@ def _param(key: str, spec: Any, where: str) -> Param:
     return Param(key, kind, (low, high))
 
 
-def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
-    """Every dotted key of a config, sections included."""
+def section_model(annotation: Any) -> Optional[type[BaseModel]]:
+    """The model of a field that holds a section (``Optional[EMAConfig]``: EMAConfig), else None."""
+    inner = [a for a in get_args(annotation) if a is not type(None)]
+    model = inner[0] if len(inner) == 1 else annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _model_keys(model: type[BaseModel], prefix: str) -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(f"{prefix}{name}")
+        sub = section_model(field.annotation)
+        if sub is not None:
+            keys += _model_keys(sub, f"{prefix}{name}.")
+    return keys
+
+
+def flat_keys(config: dict[str, Any], sections: Optional[dict[str, type[BaseModel]]] = None,
+              prefix: str = "") -> list[str]:
+    """Every dotted key of a config, sections included. ``sections``: the model of each top-level
+    section, so that the keys of a section left out (``train.early_stopping: null``) count too."""
     keys = []
     for name, value in config.items():
         key = f"{prefix}{name}"
         keys.append(key)
+        model = (sections or {}).get(name)
         if isinstance(value, dict):
-            keys += flat_keys(value, f"{key}.")
+            keys += flat_keys(value, model and {n: section_model(f.annotation) for n, f in model.model_fields.items()},
+                              f"{key}.")
+        elif value is None and model is not None:
+            keys += _model_keys(model, f"{key}.")
     return keys
 
 
 def set_key(config: dict[str, Any], key: str, value: Any) -> None:
+    """Sets a dotted key; a section that is null is switched on (validation adds its defaults)."""
     node = config
     parts = key.split(".")
     for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
         node = node[part]
     node[parts[-1]] = value
 
 
 def parse_space(space: Any, config: dict[str, Any], validate: Callable[[dict[str, Any]], None],
-                asha: bool = False, optuna: bool = False) -> list[Param]:
+                asha: bool = False, optuna: bool = False,
+                sections: Optional[dict[str, type[BaseModel]]] = None) -> list[Param]:
     """Checks ``tune.space`` against ``config`` (the resolved config a trial starts from).
 
     ``validate`` raises :class:`ConfigError` for a config the task refuses; it is called with
     every candidate value in place (every choice, both ends of a range, and a fractional value
     inside a float range), so ``train.batch_size: {choice: [0, 8]}`` or ``{uniform: [8, 64]}``
-    fails here, not in every trial an hour later."""
+    fails here, not in every trial an hour later. ``sections``: see :func:`flat_keys`."""
     if not isinstance(space, dict) or not space:
         raise ConfigError("tune.space: empty; map at least one config key to a distribution, "
                           "e.g. train.optimizer.lr: {loguniform: [1e-4, 1e-2]}")
-    known = flat_keys(config)
+    known = flat_keys(config, sections)
     params = []
     for key, spec in space.items():
         where = f"tune.space.{key}"
@@ -157,6 +186,10 @@ def parse_space(space: Any, config: dict[str, Any], validate: Callable[[dict[str
                               f"(numbers, strings, booleans), got {list(param.args)!r}")
         for value in param.candidates():
             problem = _refusal(config, key, value, validate)
+            off = _null_section(config, key)
+            if problem and off and "required key is missing" in problem:
+                raise ConfigError(f"{where}: switches on {off} (null in the config), which then lacks a key: {problem}; "
+                                  "set it in the config")
             if problem:
                 raise ConfigError(f"{where}: the value {value!r} does not fit the config: {problem}")
         if param.kind in ("uniform", "loguniform"):
@@ -171,6 +204,16 @@ def parse_space(space: Any, config: dict[str, Any], validate: Callable[[dict[str
                 raise ConfigError(f"{where}: the value {inside!r} does not fit the config: {problem}")
         params.append(param)
     return params
+
+
+def _null_section(config: dict[str, Any], key: str) -> Optional[str]:
+    """The section above ``key`` that is null in ``config`` (``train.early_stopping``), if any."""
+    node, parts = config, key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        node = node.get(part)
+        if node is None:
+            return ".".join(parts[:i + 1])
+    return None
 
 
 def _refusal(config: dict[str, Any], key: str, value: Any, validate: Callable[[dict[str, Any]], None]) -> str:
