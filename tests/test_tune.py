@@ -188,3 +188,53 @@ def test_a_killed_search_resumes_without_running_finished_trials_again(ray_clust
     assert tries[1]["workers"][0]["pid"] != worker["pid"]
     assert ((short / "metrics.jsonl").read_bytes(), (short / "workers.json").read_bytes(),
             (short / "report.html").stat().st_mtime_ns) == before
+
+
+def test_an_interrupted_search_says_which_trials_did_not_finish_and_its_resume_command_finishes_them(
+        ray_cluster, shapes_cls, tmp_path):
+    """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) once both trials of an
+    ASHA search have trained an epoch, long before its first rung (epoch 8): Ray Tune ends the
+    search, and the summary marks both trials incomplete (not stopped by ASHA, which stopped none),
+    prints the command that continues the search, and the command exits 130. That printed command
+    finishes the search, each trial from its own checkpoint."""
+    args = search_overrides(shapes_cls, tmp_path, "interrupted", {"train.optimizer.lr": {"loguniform": [1e-3, 1e-2]}},
+                            "{name: asha, grace_period: 8, reduction_factor: 2}", epochs=12, **{"tune.num_samples": 2})
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "visionkit.cli", "tune", CONFIG, *args,
+                                   "--address", ray_cluster], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    tune_dir = tmp_path / "interrupted"
+
+    def trained() -> list[int]:
+        return [len(read_metrics(config.parent)) for config in tune_dir.glob("trials/*/config.yaml")]
+
+    try:
+        deadline = time.time() + 400
+        while not (len(trained()) == 2 and min(trained()) >= 1) and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert driver.poll() is None and max(trained()) < 8, log.read_text()[-5000:]
+        os.killpg(driver.pid, signal.SIGINT)
+        assert driver.wait(120) == 130, log.read_text()[-5000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(30)
+    text = log.read_text()
+    rows = results(tune_dir)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"incomplete"}, (rows, text[-5000:])
+    assert all(1 <= int(r["epochs"]) < 12 for r in rows), rows
+    command = f"visionkit tune --resume {tune_dir}"
+    assert f"[visionkit] 2 trial(s) did not finish; continue the search with: {command}\n" in text
+    assert "\nvisionkit: interrupted\n" in text
+
+    proc = run_cli(*command.split()[1:], "--address", ray_cluster, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = results(tune_dir)
+    statuses = [r["status"] for r in rows]
+    assert "finished" in statuses and set(statuses) <= {"finished", "stopped by asha"}, rows
+    for row in rows:
+        run = Path(row["run_dir"])
+        assert [m["epoch"] for m in read_metrics(run)] == list(range(int(row["epochs"])))  # every epoch once
+        tries = json.loads((run / "workers.json").read_text())["attempts"]
+        assert len(tries) == 2 and tries[1]["start_epoch"] >= 1, tries  # from its checkpoint

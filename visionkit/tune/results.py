@@ -56,7 +56,9 @@ class TrialTable(Callback):
             last = t.last_result or {}
             done = last.get(EPOCHS)
             status = t.status
-            if status == "TERMINATED" and done is not None and done < self.epochs:
+            if status == "TERMINATED" and not last.get("done"):
+                status = "INCOMPLETE"  # ended with the search (Ctrl-C), not by Tune's decision
+            elif status == "TERMINATED" and done is not None and done < self.epochs:
                 status = "STOPPED"  # by the scheduler, or by train.early_stopping
             best = (t.metric_analysis.get(self.primary) or {}).get("max" if self.higher_is_better else "min")
             rows.append([t.trial_id, status, *(format_value(t.config.get(k)) for k in self.keys),
@@ -115,13 +117,16 @@ def _summarize_trial(result, search, trials_uri: str, endpoint: Optional[str]) -
     if scored:
         summary.best = pick(v for _, v in scored)
         summary.best_epoch = next(e for e, v in scored if v == summary.best)  # the first, as best.pt
+    # Tune marks a result done when the trial ended or its scheduler stopped it; a trial still
+    # running when the search was interrupted (Ctrl-C) has none.
+    done = bool((result.metrics or {}).get("done"))
     if result.error is not None:
         summary.status, summary.error = "error", _error_line(result.error)
     elif summary.config and summary.epochs >= summary.config["train"]["epochs"]:
         summary.status = "finished"
     elif summary.config and _early_stopped(summary, search.higher_is_better):
         summary.status = "early stopping"
-    elif search.cfg.tune.scheduler.name != "fifo" and summary.epochs:
+    elif done and search.cfg.tune.scheduler.name != "fifo":
         summary.status = f"stopped by {search.cfg.tune.scheduler.name}"
     return summary
 
@@ -171,10 +176,12 @@ def summarize(search, tune_dir, results) -> list[TrialSummary]:
     for s in trials:
         if s.error:
             print(f"[visionkit] trial {s.trial_id}: {s.error}", flush=True)
-    if counts.get("incomplete"):  # a Ctrl-C, or the cluster's time ran out
+    if counts.get("incomplete"):  # the search was interrupted (Ctrl-C)
         print(f"[visionkit] {counts['incomplete']} trial(s) did not finish; continue the search with: "
               f"visionkit tune --resume {tune_dir.uri}", flush=True)
     best = trials[0] if trials and trials[0].best is not None else None
+    if best is None and counts.get("incomplete"):
+        return trials  # interrupted before any evaluation: no best yet
     if best is None:
         failed = next((s for s in trials if s.error), None)
         why = f"; trial {failed.trial_id}: {failed.error}" if failed else ""

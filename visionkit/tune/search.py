@@ -178,7 +178,9 @@ def tune(config_path: Optional[str], overrides: list[str], resume: Optional[str]
     results = _run(search, tune_dir, restore=bool(resume), address=address or search.cfg.ray.address)
     from .results import summarize
 
-    summarize(search, tune_dir, results)
+    trials = summarize(search, tune_dir, results)
+    if any(t.status == "incomplete" for t in trials):
+        raise KeyboardInterrupt  # Tune ended the search early on Ctrl-C: the command did not finish it
     return tune_dir.uri if tune_dir.remote else tune_dir.local
 
 
