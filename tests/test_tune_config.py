@@ -65,6 +65,24 @@ def test_a_bad_space_is_one_line_before_anything_starts(shapes_cls, tmp_path, ca
     assert not (tmp_path / "runs").exists()  # no tune directory, no Ray: refused while checking
 
 
+@pytest.mark.parametrize("tune, overrides, expected", [
+    ({"num_sample": 4}, [], "tune.num_sample: unknown key (did you mean 'num_samples'?); allowed: space, num_samples, "
+                            "max_concurrent_trials, seed, scheduler, search"),
+    ({"scheduler": {"name": "asha", "grace_perod": 1}}, [],
+     "tune.scheduler.grace_perod: unknown key (did you mean 'grace_period'?); allowed: name, grace_period, "
+     "reduction_factor"),
+    ({}, ["output.name=a/b"],
+     "output.name: 'a/b' must be one folder name (put parent folders in output.storage_path)"),
+])
+def test_a_mistake_in_the_tune_section_or_the_output_is_one_line_naming_the_file(shapes_cls, tmp_path, capsys, tune,
+                                                                                 overrides, expected):
+    config = tune_config(tmp_path, shapes_cls, {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}}, **tune)
+    assert cli.main(["tune", config, *overrides]) == 2
+    source = config + (" (with command-line overrides)" if overrides else "")
+    assert capsys.readouterr().err == f"visionkit: error: {source}: {expected}\n"
+    assert not (tmp_path / "runs").exists()
+
+
 def test_optuna_without_the_package_and_a_grace_period_past_the_epochs_are_one_line(shapes_cls, tmp_path, capsys):
     space = {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}}
     config = tune_config(tmp_path, shapes_cls, space, search="optuna")

@@ -110,7 +110,8 @@ def _new_tune_dir(search: Search, config_path: str):
     out = search.cfg.output
     name = out.name or f"{Path(config_path).stem}-tune-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or "\\" in name or name in (".", ".."):
-        raise ConfigError(f"output.name: {name!r} must be one folder name (put parent folders in output.storage_path)")
+        raise ConfigError(f"{search.source}: output.name: {name!r} must be one folder name (put parent folders in "
+                          "output.storage_path)")
     endpoint = (out.s3_endpoint or default_endpoint()) if is_remote(out.storage_path) else None
     tune_dir = _open_dir(out.storage_path, name, endpoint)
     # A directory whose search never started (a wrong address, a cluster without room) is reused.
