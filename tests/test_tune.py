@@ -192,13 +192,16 @@ def test_a_killed_search_resumes_without_running_finished_trials_again(ray_clust
 
 def test_an_interrupted_search_says_which_trials_did_not_finish_and_its_resume_command_finishes_them(
         ray_cluster, shapes_cls, tmp_path):
-    """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) once both trials of an
-    ASHA search have trained an epoch, long before its first rung (epoch 8): Ray Tune ends the
-    search, and the summary marks both trials incomplete (not stopped by ASHA, which stopped none),
-    prints the command that continues the search, and the command exits 130. That printed command
-    finishes the search, each trial from its own checkpoint."""
-    args = search_overrides(shapes_cls, tmp_path, "interrupted", {"train.optimizer.lr": {"loguniform": [1e-3, 1e-2]}},
-                            "{name: asha, grace_period: 8, reduction_factor: 2}", epochs=12, **{"tune.num_samples": 2})
+    """Optuna's TPE proposes two learning rates. Ctrl-C (SIGINT to the driver's process group, as a
+    terminal sends it) once both trials of this ASHA search have trained an epoch, long before its
+    first rung (epoch 8): Ray Tune ends the search, and the summary marks both trials incomplete
+    (not stopped by ASHA, which stopped none), prints the command that continues the search, and
+    the command exits 130. That printed command finishes the search, each trial from its own
+    checkpoint with the value Optuna gave it (no trial is proposed again)."""
+    low, high = 1e-3, 1e-2
+    args = search_overrides(shapes_cls, tmp_path, "interrupted", {"train.optimizer.lr": {"loguniform": [low, high]}},
+                            "{name: asha, grace_period: 8, reduction_factor: 2}", epochs=12,
+                            **{"tune.num_samples": 2, "tune.search": "optuna"})
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
         driver = subprocess.Popen([sys.executable, "-m", "visionkit.cli", "tune", CONFIG, *args,
@@ -221,8 +224,11 @@ def test_an_interrupted_search_says_which_trials_did_not_finish_and_its_resume_c
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait(30)
     text = log.read_text()
+    assert "optuna search" in text
     rows = results(tune_dir)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"incomplete"}, (rows, text[-5000:])
+    proposed = {r["trial"]: float(r["train.optimizer.lr"]) for r in rows}
+    assert len(set(proposed.values())) == 2 and all(low <= v < high for v in proposed.values()), proposed
     assert all(1 <= int(r["epochs"]) < 12 for r in rows), rows
     command = f"visionkit tune --resume {tune_dir}"
     assert f"[visionkit] 2 trial(s) did not finish; continue the search with: {command}\n" in text
@@ -233,8 +239,10 @@ def test_an_interrupted_search_says_which_trials_did_not_finish_and_its_resume_c
     rows = results(tune_dir)
     statuses = [r["status"] for r in rows]
     assert "finished" in statuses and set(statuses) <= {"finished", "stopped by asha"}, rows
+    assert {r["trial"]: float(r["train.optimizer.lr"]) for r in rows} == proposed
     for row in rows:
         run = Path(row["run_dir"])
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["optimizer"]["lr"] == proposed[row["trial"]]
         assert [m["epoch"] for m in read_metrics(run)] == list(range(int(row["epochs"])))  # every epoch once
         tries = json.loads((run / "workers.json").read_text())["attempts"]
         assert len(tries) == 2 and tries[1]["start_epoch"] >= 1, tries  # from its checkpoint

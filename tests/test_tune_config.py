@@ -83,16 +83,18 @@ def test_a_mistake_in_the_tune_section_or_the_output_is_one_line_naming_the_file
     assert not (tmp_path / "runs").exists()
 
 
-def test_optuna_without_the_package_and_a_grace_period_past_the_epochs_are_one_line(shapes_cls, tmp_path, capsys):
+def test_optuna_without_the_package_and_a_grace_period_past_the_epochs_are_one_line(shapes_cls, tmp_path, capsys,
+                                                                                    monkeypatch):
+    import sys
+
     space = {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}}
     config = tune_config(tmp_path, shapes_cls, space, search="optuna")
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        assert cli.main(["tune", config]) == 2
-        assert capsys.readouterr().err == (
-            f"visionkit: error: {config}: tune.search: optuna needs the optuna package, which is not installed: "
-            "pip install 'visionkit[tune-optuna]' (or set tune.search: random)\n")
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError, as without the package
+    assert cli.main(["tune", config]) == 2
+    assert capsys.readouterr().err == (
+        f"visionkit: error: {config}: tune.search: optuna needs the optuna package, which is not installed: "
+        "pip install 'visionkit[tune-optuna]' (or set tune.search: random)\n")
+    monkeypatch.undo()
     config = tune_config(tmp_path, shapes_cls, space, scheduler={"name": "asha", "grace_period": 3})
     assert cli.main(["tune", config]) == 2
     assert "tune.scheduler.grace_period (3) must be < train.epochs (3)" in capsys.readouterr().err
