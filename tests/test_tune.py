@@ -3,6 +3,7 @@ each a whole run with its own directory. Two searches: an ASHA one run in this p
 whose driver is SIGKILLed and resumed. (The two-node search is in test_cluster.py.)"""
 
 import csv
+import io
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from visionkit.train import launch
 from visionkit.train.runlog import read_metrics
 from visionkit.tune.search import tune
 
-from conftest import REPO, cls_overrides, run_cli
+from conftest import AWS_ENV, BUCKET, REPO, cls_overrides, run_cli
 
 CONFIG = str(REPO / "configs" / "classification" / "shapes.yaml")
 
@@ -190,32 +191,48 @@ def test_a_killed_search_resumes_without_running_finished_trials_again(ray_clust
             (short / "report.html").stat().st_mtime_ns) == before
 
 
-def test_an_interrupted_search_says_which_trials_did_not_finish_and_its_resume_command_finishes_them(
-        ray_cluster, shapes_cls, tmp_path):
-    """Optuna's TPE proposes two learning rates. Ctrl-C (SIGINT to the driver's process group, as a
-    terminal sends it) once both trials of this ASHA search have trained an epoch, long before its
-    first rung (epoch 8): Ray Tune ends the search, and the summary marks both trials incomplete
-    (not stopped by ASHA, which stopped none), prints the command that continues the search, and
-    the command exits 130. That printed command finishes the search, each trial from its own
-    checkpoint with the value Optuna gave it (no trial is proposed again)."""
+def test_an_interrupted_search_in_an_object_store_says_which_trials_did_not_finish_and_its_resume_command_finishes_them(
+        ray_cluster, s3, shapes_cls, tmp_path):
+    """The tune directory in S3 (moto on loopback), its endpoint given in the config; Optuna's TPE
+    proposes two learning rates. Ctrl-C (SIGINT to the driver's process group, as a terminal sends
+    it) once both trials of this ASHA search have trained an epoch, long before its first rung
+    (epoch 8): Ray Tune ends the search, and the summary marks both trials incomplete (not stopped
+    by ASHA, which stopped none), prints the command that continues the search, endpoint included
+    (tune.yaml lies behind it), and the command exits 130. That printed command, with no endpoint
+    in the environment, finishes the search, each trial from its own checkpoint with the value
+    Optuna gave it (no trial is proposed again)."""
+    endpoint, client = s3
+    prefix = f"tune-{tmp_path.name}"
+
+    def text_at(key: str) -> str:
+        try:
+            return client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+        except client.exceptions.NoSuchKey:
+            return ""
+
+    def rows_at(key: str) -> list[dict]:
+        return [json.loads(line) for line in text_at(key).splitlines() if line.strip()]
+
+    def trained() -> list[int]:
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/interrupted/trials/")
+                .get("Contents", []) if o["Key"].endswith("/metrics.jsonl")]
+        return [len(rows_at(key)) for key in keys]
+
     low, high = 1e-3, 1e-2
     args = search_overrides(shapes_cls, tmp_path, "interrupted", {"train.optimizer.lr": {"loguniform": [low, high]}},
                             "{name: asha, grace_period: 8, reduction_factor: 2}", epochs=12,
-                            **{"tune.num_samples": 2, "tune.search": "optuna"})
+                            **{"tune.num_samples": 2, "tune.search": "optuna", "output.storage_path": f"s3://{BUCKET}/{prefix}",
+                               "output.s3_endpoint": endpoint})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
         driver = subprocess.Popen([sys.executable, "-m", "visionkit.cli", "tune", CONFIG, *args,
-                                   "--address", ray_cluster], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   "--address", ray_cluster], cwd=REPO, env={**env, **AWS_ENV, "PYTHONUNBUFFERED": "1"},
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    tune_dir = tmp_path / "interrupted"
-
-    def trained() -> list[int]:
-        return [len(read_metrics(config.parent)) for config in tune_dir.glob("trials/*/config.yaml")]
-
     try:
         deadline = time.time() + 400
         while not (len(trained()) == 2 and min(trained()) >= 1) and time.time() < deadline and driver.poll() is None:
-            time.sleep(0.2)
+            time.sleep(0.5)
         assert driver.poll() is None and max(trained()) < 8, log.read_text()[-5000:]
         os.killpg(driver.pid, signal.SIGINT)
         assert driver.wait(120) == 130, log.read_text()[-5000:]
@@ -225,24 +242,29 @@ def test_an_interrupted_search_says_which_trials_did_not_finish_and_its_resume_c
             driver.wait(30)
     text = log.read_text()
     assert "optuna search" in text
-    rows = results(tune_dir)
+    uri = f"s3://{BUCKET}/{prefix}/interrupted"
+    rows = list(csv.DictReader(io.StringIO(text_at(f"{prefix}/interrupted/results.csv"))))
     assert len(rows) == 2 and {r["status"] for r in rows} == {"incomplete"}, (rows, text[-5000:])
     proposed = {r["trial"]: float(r["train.optimizer.lr"]) for r in rows}
     assert len(set(proposed.values())) == 2 and all(low <= v < high for v in proposed.values()), proposed
     assert all(1 <= int(r["epochs"]) < 12 for r in rows), rows
-    command = f"visionkit tune --resume {tune_dir}"
+    command = f"visionkit tune --resume {uri} output.s3_endpoint={endpoint}"
     assert f"[visionkit] 2 trial(s) did not finish; continue the search with: {command}\n" in text
     assert "\nvisionkit: interrupted\n" in text
 
-    proc = run_cli(*command.split()[1:], "--address", ray_cluster, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "visionkit.cli", *command.split()[1:], "--address", ray_cluster],
+                          cwd=REPO, env={**env, **AWS_ENV}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = results(tune_dir)
+    rows = list(csv.DictReader(io.StringIO(text_at(f"{prefix}/interrupted/results.csv"))))
     statuses = [r["status"] for r in rows]
-    assert "finished" in statuses and set(statuses) <= {"finished", "stopped by asha"}, rows
+    assert "finished" in statuses and set(statuses) <= {"finished", "stopped by asha"}, (rows, proc.stdout[-6000:])
     assert {r["trial"]: float(r["train.optimizer.lr"]) for r in rows} == proposed
     for row in rows:
-        run = Path(row["run_dir"])
-        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["optimizer"]["lr"] == proposed[row["trial"]]
-        assert [m["epoch"] for m in read_metrics(run)] == list(range(int(row["epochs"])))  # every epoch once
-        tries = json.loads((run / "workers.json").read_text())["attempts"]
+        key = f"{prefix}/interrupted/trials/{row['trial']}"
+        assert row["run_dir"] == f"s3://{BUCKET}/{key}"
+        assert yaml.safe_load(text_at(f"{key}/config.yaml"))["train"]["optimizer"]["lr"] == proposed[row["trial"]]
+        assert [m["epoch"] for m in rows_at(f"{key}/metrics.jsonl")] == list(range(int(row["epochs"])))  # each once
+        tries = json.loads(text_at(f"{key}/workers.json"))["attempts"]
         assert len(tries) == 2 and tries[1]["start_epoch"] >= 1, tries  # from its checkpoint
+    assert yaml.safe_load(text_at(f"{prefix}/interrupted/best.yaml"))["output"]["s3_endpoint"] == endpoint
+    assert not (tmp_path / "interrupted").exists()  # nothing of the search on the driver's disk

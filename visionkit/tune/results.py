@@ -177,8 +177,10 @@ def summarize(search, tune_dir, results) -> list[TrialSummary]:
         if s.error:
             print(f"[visionkit] trial {s.trial_id}: {s.error}", flush=True)
     if counts.get("incomplete"):  # the search was interrupted (Ctrl-C)
+        from .search import resume_command
+
         print(f"[visionkit] {counts['incomplete']} trial(s) did not finish; continue the search with: "
-              f"visionkit tune --resume {tune_dir.uri}", flush=True)
+              f"{resume_command(tune_dir)}", flush=True)
     best = trials[0] if trials and trials[0].best is not None else None
     if best is None and counts.get("incomplete"):
         return trials  # interrupted before any evaluation: no best yet

@@ -106,6 +106,17 @@ def _open_dir(storage_path: str, name: str, endpoint: Optional[str]):
     return LocalRun(Path(storage_path).resolve() / name)
 
 
+def resume_command(tune_dir) -> str:
+    """The command that continues a search. An object store's endpoint cannot be read from the
+    tune.yaml that lies behind it: unless the environment gives it (AWS_ENDPOINT_URL_S3, ...),
+    the command carries it, so that it works as printed."""
+    command = f"visionkit tune --resume {tune_dir.uri}"
+    endpoint = getattr(tune_dir, "s3_endpoint", None)
+    if endpoint and endpoint != default_endpoint():
+        command += f" output.s3_endpoint={endpoint}"
+    return command
+
+
 def _new_tune_dir(search: Search, config_path: str):
     out = search.cfg.output
     name = out.name or f"{Path(config_path).stem}-tune-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -116,8 +127,8 @@ def _new_tune_dir(search: Search, config_path: str):
     tune_dir = _open_dir(out.storage_path, name, endpoint)
     # A directory whose search never started (a wrong address, a cluster without room) is reused.
     if tune_dir.exists(f"{STATE_DIR}/tuner.pkl"):
-        raise UserError(f"{tune_dir.uri}: tune directory exists; continue it with visionkit tune --resume "
-                        f"{tune_dir.uri}, or set output.name")
+        raise UserError(f"{tune_dir.uri}: tune directory exists; continue it with {resume_command(tune_dir)}, "
+                        "or set output.name")
     # Saved with the search: every trial (and a resume) uses the same store and endpoint.
     for config in (search.resolved, search.base):
         config["output"].update(storage_path=tune_dir.storage_path, name=name, s3_endpoint=endpoint)
@@ -164,7 +175,9 @@ def tune(config_path: Optional[str], overrides: list[str], resume: Optional[str]
             saved.write_bytes(tune_dir.read_bytes(TUNE_FILE))
             raw = read_yaml(saved, label)
         search = Search(raw, label, Path.cwd())
-        search.base["output"]["s3_endpoint"] = getattr(tune_dir, "s3_endpoint", None)
+        # The endpoint that reached the store (tune.yaml's may be out of date): for every trial and best.yaml.
+        for config in (search.resolved, search.base):
+            config["output"]["s3_endpoint"] = getattr(tune_dir, "s3_endpoint", None)
     else:
         raw = apply_overrides(read_yaml(Path(config_path)), list(overrides))
         search = Search(raw, config_path + (" (with command-line overrides)" if overrides else ""), Path.cwd())

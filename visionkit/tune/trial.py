@@ -145,7 +145,10 @@ def _train(run, resume: bool, config: dict[str, Any], job: dict[str, Any], trial
     from .space import trial_config
 
     if resume:
-        launch.train(None, [], resume=run.uri, callbacks=callbacks)
+        # The store's endpoint as the search has it (the trial's config.yaml lies behind it).
+        endpoint = job.get("s3_endpoint")
+        launch.train(None, [f"output.s3_endpoint={endpoint}"] if run.remote and endpoint else [], resume=run.uri,
+                     callbacks=callbacks)
         return
     raw = trial_config(job["base"], config)
     raw["output"].update(storage_path=job["trials"], name=trial_id)
