@@ -268,3 +268,41 @@ def test_an_interrupted_search_in_an_object_store_says_which_trials_did_not_fini
         assert len(tries) == 2 and tries[1]["start_epoch"] >= 1, tries  # from its checkpoint
     assert yaml.safe_load(text_at(f"{prefix}/interrupted/best.yaml"))["output"]["s3_endpoint"] == endpoint
     assert not (tmp_path / "interrupted").exists()  # nothing of the search on the driver's disk
+
+
+def test_a_stopped_trial_aborts_its_train_run_while_the_controller_waits_to_hand_it_a_result(ray_cluster):
+    """Ray Train's controller, an async actor, runs ReportToTrial.after_report on its event loop.
+    Once Tune has stopped a trial nothing takes its results, so the next put on the full queue
+    holds that loop, and the controller's abort (a method of the same actor) cannot run until the
+    trial's abort frees it. Here the real callback and queue in an actor shaped like the controller:
+    one result waiting, the next one's put blocking the loop when the abort is asked for."""
+    import ray
+    from ray.util.queue import Queue
+
+    from visionkit.tune.trial import ReportToTrial, _abort
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def __init__(self):
+            self.aborted = False
+
+        async def report(self, callback, epoch: int) -> None:
+            callback.after_report(None, [{"epoch": epoch, "val/top1": 0.5, "train/loss": 1.0}], None)
+
+        async def abort(self) -> None:
+            self.aborted = True
+
+        async def was_aborted(self) -> bool:
+            return self.aborted
+
+    results = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    controller = Controller.remote()
+    callback = ReportToTrial(results, "top1")
+    ray.get(controller.report.remote(callback, 0))  # taken by nobody: the trial is stopping
+    blocked = controller.report.remote(callback, 1)
+    assert not ray.wait([blocked], timeout=2)[0]  # the loop is held by the put
+    _abort(controller, results)
+    assert ray.get(controller.was_aborted.remote(), timeout=120)
+    ray.get(blocked, timeout=120)
+    ray.kill(controller)
+    results.shutdown()

@@ -11,7 +11,8 @@ the actor go, and with it the Train controller the actor owns. Killed that way, 
 would leave its workers' placement group (their CPUs) behind unless Ray's state API is there
 for Ray Train's cleaner. So :func:`trainable`'s ``cleanup`` (run by ``stop()``) first aborts the
 Train run the way Ray Train's own Ctrl-C handler does (``controller.abort``: workers shut down,
-placement group removed): the run stops at once and the next trial gets its CPUs.
+placement group removed; :func:`_abort` keeps the controller's loop free meanwhile): the run
+stops at once and the next trial gets its CPUs.
 
 A trial writes a normal run directory, ``TUNE_DIR/trials/<trial id>``. Its failures are Ray
 Train's: workers that fail restart from the run's checkpoint, per ``ray.max_failures``; a user
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,7 +99,7 @@ def abort_active_run() -> None:
     trainable above reaches this module's ``_ACTIVE``, not a copy of it)."""
     thread, controller = _ACTIVE.get("thread"), _ACTIVE.get("controller")
     if controller is not None and thread is not None and thread.is_alive():
-        _abort(controller)
+        _abort(controller, _ACTIVE["results"])
 
 
 def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
@@ -125,7 +127,7 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
             outcome["error"] = exc
 
     thread = threading.Thread(target=train, name=f"visionkit-trial-{trial_id}", daemon=True)
-    _ACTIVE.update(thread=thread, controller=None)
+    _ACTIVE.update(thread=thread, controller=None, results=results)
     thread.start()
     while True:
         try:
@@ -158,12 +160,31 @@ def _train(run, resume: bool, config: dict[str, Any], job: dict[str, Any], trial
         launch.train(str(path), [], callbacks=callbacks)
 
 
-def _abort(controller) -> None:
-    """Ray Train's graceful abort (what its Ctrl-C handler calls): workers and placement group go."""
-    import ray
+def _abort(controller, results, timeout_s: float = 60) -> None:
+    """Ray Train's graceful abort (what its Ctrl-C handler calls): workers and placement group go.
 
+    The controller hands results over in :meth:`ReportToTrial.after_report`, on its event loop.
+    A stopped trial takes no more of them (its ``tune.report`` does not return), so a put on the
+    full queue would hold that loop, and ``abort`` (a method of the same actor) would never run:
+    the queue is emptied while the abort is waited for."""
+    import ray
+    from ray.util.queue import Empty
+
+    done = controller.abort.remote()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            while True:
+                results.get_nowait()
+        except Empty:
+            pass
+        except Exception:  # noqa: BLE001  (the queue's actor gone: nothing left to hold the loop)
+            pass
+        finished, _ = ray.wait([done], timeout=1)
+        if finished:
+            break
     try:
-        ray.get(controller.abort.remote(), timeout=60)
+        ray.get(done, timeout=0)
     except Exception:  # noqa: BLE001  (the controller exits as it aborts; a dead one is as good)
         pass
 
