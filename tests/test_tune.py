@@ -1,6 +1,8 @@
 """visionkit tune on the session's Ray (2 CPUs): MLP trials of one Ray worker each, two at a time,
-each a whole run with its own directory. Two searches: an ASHA one run in this process, and one
-whose driver is SIGKILLed and resumed. (The two-node search is in test_cluster.py.)"""
+each a whole run with its own directory. Three searches: an ASHA one run in this process (one
+trial diverges); one whose trial loses its worker and whose driver is SIGKILLed and resumed; an
+Optuna/ASHA one in S3, interrupted with Ctrl-C and resumed from the store. And the abort of a
+stopped trial, in an actor. (The two-node search is in test_cluster.py.)"""
 
 import csv
 import io
