@@ -180,7 +180,10 @@ def test_debug_local_runs_the_loop_here_and_raises_with_the_traceback(shapes_cls
 
 def test_a_newer_resume_file_wins_over_rays_older_snapshot(tmp_path, monkeypatch):
     """A Ray run to epoch 4, continued in-process (--debug-local) to 9, then --resume'd on Ray
-    workers again: Ray still holds its epoch-4 snapshot of the same run, and must not win."""
+    workers again: Ray still holds its epoch-4 snapshot of the same run, and must not win. And a
+    restart after a worker was lost between rank 0's last.pt and Ray's commit of it: the run's
+    own last.pt (and metrics.jsonl) are an epoch ahead of Ray's checkpoint; the later one wins,
+    on every worker alike, or Ray's where a worker cannot read the run's file."""
     import ray.train
 
     from visionkit.fileio import atomic_torch_save
@@ -195,8 +198,23 @@ def test_a_newer_resume_file_wins_over_rays_older_snapshot(tmp_path, monkeypatch
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(snapshot)))
     worker = object.__new__(RayWorker)
     worker._resume_from, worker._s3_endpoint = str(tmp_path / "last.pt"), None
+    worker._run_state = str(tmp_path / "last.pt")
     assert worker.restored_state().epoch == 9
     atomic_torch_save(state(12), snapshot / STATE_FILE)  # a restart after a failure: Ray's is newer
     assert worker.restored_state().epoch == 12
     worker._resume_from = None
     assert worker.restored_state().epoch == 12
+
+    # A fresh run (no --resume) restarted after a worker loss: last.pt is at 13, Ray's at 12.
+    atomic_torch_save(state(13), tmp_path / "last.pt")
+    assert worker.restored_state().epoch == 13
+    monkeypatch.setattr(RayWorker, "all_gather", lambda self, obj: [obj, None])  # rank 1 cannot read it
+    assert worker.restored_state().epoch == 12
+    monkeypatch.undo()
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(snapshot)))
+    (tmp_path / "last.pt").write_bytes(b"torn")  # unreadable: Ray's
+    assert worker.restored_state().epoch == 12
+    (tmp_path / "last.pt").unlink()  # the first epoch never ended before: Ray's
+    assert worker.restored_state().epoch == 12
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)  # the first attempt of a fresh run
+    assert worker.restored_state() is None

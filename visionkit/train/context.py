@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from .. import checkpoint
 from ..checkpoint import Checkpoint
+from ..errors import UserError
 from ..storage import download, is_remote
 
 STATE_FILE = "last.pt"
@@ -41,13 +42,14 @@ class LocalWorker:
 
     def restored_state(self) -> Optional[Checkpoint]:
         """``--resume``'s checkpoint file: a path, or an object-store URI fetched by each worker."""
-        if not self._resume_from:
-            return None
-        if not is_remote(self._resume_from):
-            return checkpoint.load(Path(self._resume_from))
+        return self._load(self._resume_from) if self._resume_from else None
+
+    def _load(self, uri: str) -> Checkpoint:
+        if not is_remote(uri):
+            return checkpoint.load(Path(uri))
         with tempfile.TemporaryDirectory(prefix="visionkit-resume-") as tmp:
-            local = download(self._resume_from, self._s3_endpoint, Path(tmp) / "last.pt")
-            return checkpoint.load(local, where=self._resume_from)
+            local = download(uri, self._s3_endpoint, Path(tmp) / "last.pt")
+            return checkpoint.load(local, where=uri)
 
     def checkpoint_for_eval(self, job: dict[str, Any]) -> Checkpoint:
         return checkpoint.load(Path(job["checkpoint"]))
@@ -77,7 +79,9 @@ class LocalWorker:
 class RayWorker(LocalWorker):
     """A Ray Train worker: DDP model, distributed sampler, checkpoints reported to Ray."""
 
-    def __init__(self, resume_from: Optional[str] = None, s3_endpoint: Optional[str] = None, threads: int = 1):
+    def __init__(self, resume_from: Optional[str] = None, s3_endpoint: Optional[str] = None, threads: int = 1,
+                 run_state: Optional[str] = None):
+        """``run_state``: the run's own ``checkpoints/last.pt``, which a restart compares with Ray's."""
         import ray.train
         import ray.train.torch
 
@@ -89,7 +93,7 @@ class RayWorker(LocalWorker):
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self._resume_from, self._s3_endpoint = resume_from, s3_endpoint
+        self._resume_from, self._s3_endpoint, self._run_state = resume_from, s3_endpoint, run_state
 
     def describe(self):
         import ray
@@ -118,17 +122,32 @@ class RayWorker(LocalWorker):
         ray.get(job["result_box"].put.remote(payload))
 
     def restored_state(self):
-        """The later of Ray's latest checkpoint (a restart after a failure) and ``--resume``'s
-        file: a run continued in-process (``--debug-local``) moves ``last.pt`` past Ray's."""
+        """The first attempt: ``--resume``'s file. A restart after a failure: the later of Ray's
+        latest checkpoint and the run's own ``last.pt``, which can be ahead of Ray's: rank 0
+        writes it (and the epoch's line of metrics.jsonl) just before it reports to Ray, so a
+        worker lost in between restarts from Ray's older checkpoint, and a run continued
+        in-process (``--debug-local``) moved it past Ray's. Every worker takes the same one."""
         import ray.train
 
-        resumed = super().restored_state()
         reported = ray.train.get_checkpoint()
         if reported is None:
-            return resumed
+            return super().restored_state()
         with reported.as_directory() as d:
             ray_state = checkpoint.load(Path(d) / STATE_FILE)
-        return resumed if resumed is not None and resumed.epoch > ray_state.epoch else ray_state
+        own = self._own_state()
+        # A worker that cannot read the run's file (a run directory not shared between nodes)
+        # makes every worker take Ray's: they must all start from the same epoch.
+        epochs = self.all_gather(own.epoch if own is not None else None)
+        return own if own is not None and all(e == own.epoch for e in epochs) and own.epoch > ray_state.epoch else ray_state
+
+    def _own_state(self) -> Optional[Checkpoint]:
+        uri = self._run_state or self._resume_from
+        if not uri:
+            return None
+        try:
+            return self._load(uri)
+        except (OSError, UserError):  # not written yet (no epoch finished), or not on this node
+            return None
 
     def progress(self, total, desc):
         # Drawn by the driver: plain tqdm's carriage returns garble forwarded worker logs.

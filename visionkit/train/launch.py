@@ -388,7 +388,8 @@ def train(config_path: Optional[str], overrides: list[str], resume: Optional[str
 
     # Progress bars only on a terminal: in a log file, CI or `ray job logs`, one line per epoch.
     job = {"config": resolved, "run_dir": run.uri, "source": source, "progress": cfg.train.progress and _terminal(),
-           "resume_from": f"{run.uri}/checkpoints/last.pt" if resume else None, "mlflow": tracked}
+           "resume_from": f"{run.uri}/checkpoints/last.pt" if resume else None, "mlflow": tracked,
+           "run_state": f"{run.uri}/checkpoints/last.pt"}
     if cfg.ray.num_workers == 0:
         print(f"[visionkit] {cfg.task}: training in this process; run directory {run.uri}", flush=True)
     from . import loop

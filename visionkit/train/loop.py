@@ -379,7 +379,7 @@ def _threads(job: dict[str, Any]) -> int:
 
 
 def ray_train_entry(job: dict[str, Any]) -> None:
-    train_worker(job, RayWorker(job.get("resume_from"), _endpoint(job), _threads(job)))
+    train_worker(job, RayWorker(job.get("resume_from"), _endpoint(job), _threads(job), job.get("run_state")))
 
 
 def ray_eval_entry(job: dict[str, Any]) -> None:
