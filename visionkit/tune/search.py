@@ -183,7 +183,7 @@ def tune(config_path: Optional[str], overrides: list[str], resume: Optional[str]
         search = Search(raw, config_path + (" (with command-line overrides)" if overrides else ""), Path.cwd())
         from ..train.launch import _preflight
 
-        _preflight(search.plugin, search.sections)  # bad data fails here, not in every trial
+        _preflight(search.plugin, search.sections, source=search.source)  # bad data fails here, not in every trial
         from ..pretrained import check_section
 
         check_section(search.sections.model, search.source)  # model.pretrained's file cached and intact, likewise
