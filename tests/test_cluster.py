@@ -135,11 +135,13 @@ def test_object_store_run_killed_then_resumed_from_the_store(cluster, s3, shapes
 
 def test_losing_a_node_restarts_on_the_remaining_one(cluster, shapes_cls, tmp_path):
     """The second node's raylet is SIGKILLed mid-run; FailureConfig restarts both workers on the
-    head (it has the CPUs) from the last checkpoint; every epoch appears once."""
+    head (it has the CPUs) from the last checkpoint (Ray's, or the run's last.pt where rank 0
+    wrote it before Ray committed it); every epoch appears once."""
     cluster.start_node()
     run = tmp_path / "lost"
+    epochs = 5  # the workers on a killed raylet take a second or two to go: the kill lands in the run
     args = [str(CONFIG), *cls_overrides(shapes_cls, tmp_path, "lost", **{
-        "train.epochs": 3, "train.batch_size": 8, "ray.placement_strategy": "SPREAD", "ray.max_failures": 1}),
+        "train.epochs": epochs, "train.batch_size": 8, "ray.placement_strategy": "SPREAD", "ray.max_failures": 1}),
         "--address", cluster.address]
     proc = driver(args)
     try:
@@ -154,12 +156,14 @@ def test_losing_a_node_restarts_on_the_remaining_one(cluster, shapes_cls, tmp_pa
             proc.wait(30)
     assert proc.returncode == 0, out
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2], out
+    assert [r["epoch"] for r in rows] == list(range(epochs)), out
     attempts = json.loads((run / "workers.json").read_text())["attempts"]
     assert len(attempts) == 2, attempts
     assert {w["node_id"] for w in attempts[1]["workers"]} == {cluster.head_id}
-    resumed = next(r for r in rows if r["epoch"] == attempts[1]["start_epoch"])
-    print(f"\nnode loss: first step again {resumed['first_step_unix'] - killed_at:.1f}s after the raylet was killed")
+    assert 1 <= attempts[1]["start_epoch"] <= epochs, attempts  # from a checkpoint, not from scratch
+    resumed = next((r for r in rows if r["epoch"] == attempts[1]["start_epoch"]), None)
+    if resumed is not None:
+        print(f"\nnode loss: first step again {resumed['first_step_unix'] - killed_at:.1f}s after the raylet was killed")
 
 
 def test_a_search_runs_trials_on_both_nodes_with_its_tune_directory_in_an_object_store(cluster, s3, shapes_cls, tmp_path):

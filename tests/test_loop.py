@@ -218,3 +218,24 @@ def test_a_newer_resume_file_wins_over_rays_older_snapshot(tmp_path, monkeypatch
     assert worker.restored_state().epoch == 12
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)  # the first attempt of a fresh run
     assert worker.restored_state() is None
+    atomic_torch_save(state(0), tmp_path / "last.pt")  # lost before Ray committed its first checkpoint
+    assert worker.restored_state().epoch == 0
+
+
+def test_a_user_mistake_on_a_worker_ends_the_run_instead_of_spending_restarts():
+    """Ray Train's failure policy retries a worker's error up to ray.max_failures times but never
+    a controller error: a diverged run (the same values diverge again) becomes one, a lost or
+    crashed worker does not (tests/test_tune.py runs it: a diverging trial has one attempt)."""
+    from ray.train import ControllerError
+
+    from visionkit.train.callbacks import UserErrorsEndTheRun
+    from visionkit.train.loop import TrainingDiverged
+
+    callback = UserErrorsEndTheRun()
+    callback.after_exception(None, {1: RuntimeError("worker crashed")})  # restarts as before
+    cause = RuntimeError("wrapped by Ray")
+    cause.__cause__ = TrainingDiverged("training loss is nan at epoch 1: lower train.optimizer.lr")
+    with pytest.raises(ControllerError) as raised:
+        callback.after_exception(None, {0: RuntimeError("collective aborted"), 1: cause})
+    assert isinstance(raised.value.controller_failure, TrainingDiverged)
+    assert str(raised.value.controller_failure).startswith("training loss is nan at epoch 1")

@@ -122,23 +122,27 @@ class RayWorker(LocalWorker):
         ray.get(job["result_box"].put.remote(payload))
 
     def restored_state(self):
-        """The first attempt: ``--resume``'s file. A restart after a failure: the later of Ray's
-        latest checkpoint and the run's own ``last.pt``, which can be ahead of Ray's: rank 0
-        writes it (and the epoch's line of metrics.jsonl) just before it reports to Ray, so a
-        worker lost in between restarts from Ray's older checkpoint, and a run continued
-        in-process (``--debug-local``) moved it past Ray's. Every worker takes the same one."""
+        """The later of Ray's latest checkpoint (a restart after a failure) and the run's own
+        ``last.pt`` (``--resume``'s file), which can be ahead of Ray's: rank 0 writes it (and the
+        epoch's line of metrics.jsonl) just before it reports to Ray, so a worker lost in between
+        restarts from Ray's older checkpoint, or from none; a run continued in-process
+        (``--debug-local``) moved it past Ray's too. Every worker takes the same one."""
         import ray.train
 
         reported = ray.train.get_checkpoint()
-        if reported is None:
-            return super().restored_state()
-        with reported.as_directory() as d:
-            ray_state = checkpoint.load(Path(d) / STATE_FILE)
+        ray_state = None
+        if reported is not None:
+            with reported.as_directory() as d:
+                ray_state = checkpoint.load(Path(d) / STATE_FILE)
         own = self._own_state()
         # A worker that cannot read the run's file (a run directory not shared between nodes)
         # makes every worker take Ray's: they must all start from the same epoch.
         epochs = self.all_gather(own.epoch if own is not None else None)
-        return own if own is not None and all(e == own.epoch for e in epochs) and own.epoch > ray_state.epoch else ray_state
+        if own is not None and all(e == own.epoch for e in epochs) and (ray_state is None or own.epoch > ray_state.epoch):
+            return own
+        if ray_state is None:
+            return super().restored_state()  # --resume's file where a worker lacks it: its one-line error
+        return ray_state
 
     def _own_state(self) -> Optional[Checkpoint]:
         uri = self._run_state or self._resume_from
