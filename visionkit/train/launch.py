@@ -230,6 +230,7 @@ def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], m
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from .callbacks import UserErrorsEndTheRun
     from .layout import as_job, cluster_nodes, resolve
 
     started_here = not ray.is_initialized()
@@ -265,7 +266,7 @@ def _fit(entry, job: dict[str, Any], cfg: Config, run, address: Optional[str], m
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             # Worker prints go straight to stdout once, not also through Ray Train's logger.
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
-            callbacks=callbacks),
+            callbacks=[UserErrorsEndTheRun(), *(callbacks or [])]),
     )
     try:
         trainer.fit()

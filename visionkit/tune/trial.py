@@ -16,8 +16,8 @@ stops at once and the next trial gets its CPUs.
 
 A trial writes a normal run directory, ``TUNE_DIR/trials/<trial id>``. Its failures are Ray
 Train's: workers that fail restart from the run's checkpoint, per ``ray.max_failures``; a user
-mistake on a worker (:class:`ReportToTrial`) and anything else end the trial as errored (Tune
-retries nothing). A trial started again by ``visionkit tune --resume`` continues its run from
+mistake on a worker (:class:`visionkit.train.callbacks.UserErrorsEndTheRun`, as in every run)
+and anything else end the trial as errored (Tune retries nothing). A trial started again by ``visionkit tune --resume`` continues its run from
 ``last.pt``, and one whose run had already finished only reports its last result again.
 """
 
@@ -50,20 +50,6 @@ class ReportToTrial(UserCallback):
         if result is not None:
             # Blocks while the trial has not taken the previous one: Tune sees every epoch.
             self.queue.put((result, ray.get_runtime_context().current_actor))
-
-    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
-        """A user mistake on a worker (training diverged, a bad value) ends the trial: the same
-        values would fail again, so it is not one of the failures ``ray.max_failures`` restarts.
-        Raised here, before the controller's failure policy decides, as a controller error, which
-        that policy never retries; :func:`visionkit.train.launch.train` raises the UserError."""
-        from ray.train import ControllerError
-
-        from ..train.launch import _user_error_in
-
-        for error in worker_exceptions.values():
-            found = _user_error_in(error)
-            if found is not None:
-                raise ControllerError(type(found)(str(found)))
 
 
 def tune_result(row: dict[str, Any], primary: str) -> Optional[dict[str, Any]]:
