@@ -19,19 +19,6 @@ from conftest import REPO, cls_overrides, run_cli
 CONFIG = str(REPO / "configs" / "classification" / "shapes.yaml")
 
 
-def test_two_workers_train_and_evaluate_like_one_process(ray_cluster, shapes_cls, tmp_path):
-    run = launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "two", **{"train.epochs": 2}))
-    rows = read_metrics(run)
-    assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["val/num_images"] == 60
-    one = launch.evaluate(str(run / "checkpoints" / "last.pt"), [], workers=0, output=str(tmp_path / "one.json"))
-    two = launch.evaluate(str(run / "checkpoints" / "last.pt"), [], workers=2, output=str(tmp_path / "two.json"))
-    assert two["workers"] == 2 and one["workers"] == 1
-    for key in ("top1", "mean_class_accuracy", "per_class_accuracy", "confusion_matrix", "num_images"):
-        assert one[key] == two[key], key
-    assert one["num_images"] == 60  # every validation image once: no sampler padding
-    assert one["top1"] == rows[-1]["val/top1"]  # the 2-worker training eval agrees too
-
-
 def test_worker_failure_restarts_from_the_last_checkpoint(ray_cluster, toy_plugin, tmp_path):
     marker = tmp_path / "failed-once"
     config = tmp_path / "toy.yaml"
@@ -49,7 +36,8 @@ def test_worker_failure_restarts_from_the_last_checkpoint(ray_cluster, toy_plugi
 def test_resume_after_the_driver_is_killed_is_bit_exact(ray_cluster, shapes_cls, tmp_path):
     """As users run it: 2 Ray workers, the demo's flips and cosine LR, 2 loader processes each,
     train.ema on (each worker keeps the average); the driver SIGKILLed mid-run, then --resume:
-    the same EMA and trained weights, bit for bit, as a run that was never interrupted."""
+    the same EMA and trained weights, bit for bit, as a run that was never interrupted. The
+    uninterrupted run's checkpoint evaluates alike in this process and on 2 workers."""
     import torch
 
     from visionkit import checkpoint
@@ -59,6 +47,14 @@ def test_resume_after_the_driver_is_killed_is_bit_exact(ray_cluster, shapes_cls,
              "train.optimizer.name": "adamw", "train.scheduler.name": "cosine", "train.scheduler.warmup_epochs": 1,
              "train.ema": "{decay: 0.9, warmup_steps: 25}"}
     straight = launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "straight", **extra))
+    # Evaluated in this process and on 2 workers: the same numbers, and the training's own (EMA) ones.
+    one = launch.evaluate(str(straight / "checkpoints" / "last.pt"), [], workers=0, output=str(tmp_path / "one.json"))
+    two = launch.evaluate(str(straight / "checkpoints" / "last.pt"), [], workers=2, output=str(tmp_path / "two.json"))
+    assert two["workers"] == 2 and one["workers"] == 1 and one["weights"] == "ema"
+    for key in ("top1", "mean_class_accuracy", "per_class_accuracy", "confusion_matrix", "num_images"):
+        assert one[key] == two[key], key
+    assert one["num_images"] == 60  # every validation image once: no sampler padding
+    assert one["top1"] == read_metrics(straight)[-1]["val/top1"]  # the 2-worker training eval agrees too
     args = cls_overrides(shapes_cls, tmp_path, "killed", **extra)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen([sys.executable, "-m", "visionkit.cli", "train", CONFIG, *args, "--address", ray_cluster],
