@@ -3,7 +3,9 @@ generated data sets."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +82,48 @@ def cls_overrides(root: Path, run_root: Path, name: str, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@contextlib.contextmanager
+def crashing_after_epoch(monkeypatch, epoch: int):
+    """Inside: the training process dies (KeyboardInterrupt, as the driver's Ctrl-C or kill) right
+    after the checkpoint of ``epoch`` (0-based) is written; the block must end that way."""
+    from visionkit.train import loop
+
+    real_save = loop.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        if args[6] == epoch:
+            raise KeyboardInterrupt("killed")
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+
+def start_driver(command: str, *args: str) -> subprocess.Popen:
+    """``visionkit COMMAND ARGS`` as a user starts it, in its own process group, output captured."""
+    return subprocess.Popen([sys.executable, "-m", "visionkit.cli", command, *args], cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_driver_when(driver: subprocess.Popen, ready, timeout: float = 240) -> None:
+    """SIGKILLs the driver's whole process group once ``ready()`` holds; fails if the driver
+    ended first (its output in the message)."""
+    deadline = time.time() + timeout
+    try:
+        while driver.poll() is None and time.time() < deadline and not ready():
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.stdout.read()
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait(30)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -13,9 +13,7 @@ longer run (a few CPU minutes; val mAP50 0.48, short of the demo's, but its boxe
 from __future__ import annotations
 
 import base64
-import io
 import os
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -379,7 +377,6 @@ def test_segmentation_page_overlays_the_mask(browser, tmp_path):
 
 
 def test_report_page_renders(detection_run, browser):
-    pytest.importorskip("visionkit.report", reason="visionkit.report is not there yet")
     from visionkit import cli
 
     run = detection_run["run"]

@@ -137,7 +137,7 @@ def test_degenerate_and_outside_boxes_are_warnings_naming_the_image(capsys, data
     assert code == 0, out
     file_of = {img["id"]: img["file_name"] for img in coco["images"]}
     a = coco["annotations"]
-    assert f"1 degenerate box(es)" in out and f"{file_of[a[0]['image_id']]} (annotation id {a[0]['id']}" in out
+    assert "1 degenerate box(es)" in out and f"{file_of[a[0]['image_id']]} (annotation id {a[0]['id']}" in out
     assert "1 box(es) entirely outside their image" in out and f"(annotation id {a[1]['id']}" in out
     assert "1 box(es) partly outside their image, clipped" in out
 
@@ -157,7 +157,7 @@ def test_empty_images_duplicates_overlap_and_val_only_classes_are_warnings(capsy
     assert code == 0, out
     assert "warnings" in out and "error" not in out.split("warnings")[0]
     assert f"train: 1 exact duplicate image(s) in 1 group(s) (same bytes): {train / 'train_00001.png'} = {train / 'train_00005.png'}" in out
-    assert f"train/val: 1 val image(s) are byte-identical to train images" in out and str(val / "val_00000.png") in out
+    assert "train/val: 1 val image(s) are byte-identical to train images" in out and str(val / "val_00000.png") in out
     assert "class(es) in val but never in train (the model cannot learn them): star" in out
     assert "images have no objects" in out and "train_00002.png" in out
 

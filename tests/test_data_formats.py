@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from visionkit.cli import main
 from visionkit.data import synth
@@ -154,7 +153,7 @@ def test_a_yolo_box_finding_names_its_line(copy, capsys):
     label.write_text("\n" + label.read_text().splitlines()[0] + "\n\n1 0.5 0.5 0.0 0.1\n")  # line 4: no width
     code = main(["data", "check", "configs/detection/shapes.yaml", f"data.root={root}", "data.format=yolo"])
     out = capsys.readouterr().out
-    assert code == 0 and f"1 degenerate box(es)" in out and f"{label} line 4: [x " in out, out
+    assert code == 0 and "1 degenerate box(es)" in out and f"{label} line 4: [x " in out, out
 
 
 def test_a_zero_byte_yolo_image_is_named_when_the_split_is_read(copy):

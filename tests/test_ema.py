@@ -9,11 +9,11 @@ import torch
 from visionkit import checkpoint
 from visionkit.config import EMAConfig, load_config
 from visionkit.errors import ConfigError
-from visionkit.train import launch, loop
+from visionkit.train import launch
 from visionkit.train.ema import EMA, decay_at
 from visionkit.train.runlog import read_metrics
 
-from conftest import REPO, cls_overrides
+from conftest import REPO, cls_overrides, crashing_after_epoch
 
 CONFIG = str(REPO / "configs" / "classification" / "shapes.yaml")
 FLIPS = "[{name: HorizontalFlip, p: 0.5}, {name: VerticalFlip, p: 0.5}]"
@@ -68,18 +68,8 @@ def test_a_resume_after_a_crash_gives_the_same_ema_weights_bit_for_bit(shapes_cl
     straight = launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "straight", **extra))
     assert "evaluating EMA weights" in capsys.readouterr().out
 
-    real_save = loop.save_checkpoint
-
-    def crash_after_epoch_2(*args, **kwargs):
-        path = real_save(*args, **kwargs)
-        if args[6] == 1:  # epoch index
-            raise KeyboardInterrupt("driver killed")
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", crash_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with crashing_after_epoch(monkeypatch, 1):  # after epoch 2's checkpoint
         launch.train(CONFIG, cls_overrides(shapes_cls, tmp_path, "crashed", **extra))
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     crashed = tmp_path / "crashed"
     assert checkpoint.load(crashed / "checkpoints" / "last.pt").ema["updates"] == 20
     no_ema = tmp_path / "no_ema"

@@ -15,7 +15,7 @@ from visionkit.train import launch, loop
 from visionkit.train.optim import lr_factor
 from visionkit.train.runlog import read_metrics
 
-from conftest import REPO, cls_overrides
+from conftest import REPO, cls_overrides, crashing_after_epoch
 
 CONFIG = str(REPO / "configs" / "classification" / "shapes.yaml")
 
@@ -51,18 +51,8 @@ def test_a_cnn_learns_the_shapes(tmp_path_factory, tmp_path, one_thread):
 def test_resume_after_a_crash_replays_exactly(shapes_cls, tmp_path, monkeypatch):
     straight = train_local(shapes_cls, tmp_path, "straight")
 
-    real_save = loop.save_checkpoint
-
-    def crash_after_epoch_2(*args, **kwargs):
-        path = real_save(*args, **kwargs)
-        if args[6] == 1:  # epoch index
-            raise KeyboardInterrupt("driver killed")
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", crash_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with crashing_after_epoch(monkeypatch, 1):  # after epoch 2's checkpoint
         train_local(shapes_cls, tmp_path, "crashed")
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     crashed = tmp_path / "crashed"
     assert checkpoint.load(crashed / "checkpoints" / "last.pt").epoch == 1
     launch.train(None, [], resume=str(crashed))

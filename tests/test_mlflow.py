@@ -17,7 +17,7 @@ from visionkit.errors import UserError
 from visionkit.train import launch
 from visionkit.train.runlog import read_metrics
 
-from conftest import REPO, cls_overrides
+from conftest import REPO, cls_overrides, kill_driver_when, start_driver
 from loopback import free_port
 
 CONFIG = str(REPO / "configs" / "classification" / "shapes.yaml")
@@ -73,21 +73,14 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_with_every_epoch_and_its_
     tracking = {"tracking.mlflow.uri": mlflow_server, "tracking.mlflow.experiment": "killed-and-resumed"}
     args = cls_overrides(shapes_cls, tmp_path, "tracked", **{"train.epochs": 4, "train.batch_size": 8, **tracking})
     run = tmp_path / "tracked"
-    driver = subprocess.Popen([sys.executable, "-m", "visionkit.cli", "train", CONFIG, *args, "--address", ray_cluster],
-                              cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    run_id, deadline = None, time.time() + 300
-    try:
-        while driver.poll() is None and time.time() < deadline:
-            if run_id is None and (run / "mlflow.json").exists():
-                run_id = json.loads((run / "mlflow.json").read_text())["run_id"]
-            if run_id and client.get_metric_history(run_id, "train/loss"):
-                break  # an epoch is in MLflow (logged after its checkpoint): kill the driver now
-            time.sleep(0.3)
-        assert driver.poll() is None, driver.stdout.read()
-        os.killpg(driver.pid, signal.SIGKILL)
-    finally:
-        driver.wait(30)
+
+    def an_epoch_in_mlflow() -> bool:  # logged after its checkpoint: kill the driver now
+        if not (run / "mlflow.json").exists():
+            return False
+        return bool(client.get_metric_history(json.loads((run / "mlflow.json").read_text())["run_id"], "train/loss"))
+
+    kill_driver_when(start_driver("train", CONFIG, *args, "--address", ray_cluster), an_epoch_in_mlflow, timeout=300)
+    run_id = json.loads((run / "mlflow.json").read_text())["run_id"]
     done_before = len(read_metrics(run))
     assert 1 <= done_before < 4
     assert client.get_run(run_id).info.status == "RUNNING"  # killed: nobody closed it

@@ -1,20 +1,13 @@
 """Through Ray Train with 2 workers: few, purposeful runs sharing one Ray instance."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from visionkit.train import launch
 from visionkit.train.runlog import read_metrics
 
-from conftest import REPO, cls_overrides, run_cli
+from conftest import REPO, cls_overrides, kill_driver_when, run_cli, start_driver
 
 CONFIG = str(REPO / "configs" / "classification" / "shapes.yaml")
 
@@ -56,19 +49,8 @@ def test_resume_after_the_driver_is_killed_is_bit_exact(ray_cluster, shapes_cls,
     assert one["num_images"] == 60  # every validation image once: no sampler padding
     assert one["top1"] == read_metrics(straight)[-1]["val/top1"]  # the 2-worker training eval agrees too
     args = cls_overrides(shapes_cls, tmp_path, "killed", **extra)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "visionkit.cli", "train", CONFIG, *args, "--address", ray_cluster],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
     run = tmp_path / "killed"
-    deadline = time.time() + 240
-    try:
-        while len(read_metrics(run)) < 2 and time.time() < deadline and driver.poll() is None:
-            time.sleep(0.2)
-        assert driver.poll() is None, driver.stdout.read()
-        os.killpg(driver.pid, signal.SIGKILL)
-    finally:
-        driver.wait(30)
+    kill_driver_when(start_driver("train", CONFIG, *args, "--address", ray_cluster), lambda: len(read_metrics(run)) >= 2)
     done_before = len(read_metrics(run))
     assert 2 <= done_before < 4
     proc = run_cli("train", "--resume", str(run), "--address", ray_cluster)

@@ -10,10 +10,10 @@ import torch
 
 from visionkit import checkpoint
 from visionkit.errors import UserError
-from visionkit.train import launch, loop
+from visionkit.train import launch
 from visionkit.train.runlog import read_metrics
 
-from conftest import REPO, cls_overrides, run_cli
+from conftest import REPO, cls_overrides, crashing_after_epoch, run_cli
 
 CONFIG = str(REPO / "configs" / "classification" / "shapes.yaml")
 # The demo config's own augmentation, which cls_overrides turns off for speed elsewhere.
@@ -32,28 +32,12 @@ def weights(run) -> dict:
     return checkpoint.load(run / "checkpoints" / "last.pt").model
 
 
-def crash_after_epoch(monkeypatch, epoch: int):
-    """The driver dies right after the checkpoint of ``epoch`` is written."""
-    real_save = loop.save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        path = real_save(*args, **kwargs)
-        if args[6] == epoch:
-            raise KeyboardInterrupt("killed")
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
-    return lambda: monkeypatch.setattr(loop, "save_checkpoint", real_save)
-
-
 @pytest.mark.parametrize("loader_workers", [0, 2])
 def test_resume_with_the_demo_augmentation_is_bit_exact(shapes_cls, tmp_path, monkeypatch, loader_workers):
     straight = launch.train(CONFIG, demo_like(shapes_cls, tmp_path, "straight", **{"train.loader_workers": loader_workers}))
     again = launch.train(CONFIG, demo_like(shapes_cls, tmp_path, "again", **{"train.loader_workers": loader_workers}))
-    restore = crash_after_epoch(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
+    with crashing_after_epoch(monkeypatch, 1):
         launch.train(CONFIG, demo_like(shapes_cls, tmp_path, "crashed", **{"train.loader_workers": loader_workers}))
-    restore()
     crashed = tmp_path / "crashed"
     launch.train(None, [], resume=str(crashed))
 
@@ -97,10 +81,8 @@ def test_resume_with_another_batch_size_follows_the_lr_of_an_uninterrupted_run(s
     """Half the steps per epoch after the resume (another batch size, as 2 -> 1 workers changes the
     global batch): the LR stays where the fraction of training puts it, and still ends at 0."""
     straight = launch.train(CONFIG, demo_like(shapes_cls, tmp_path, "straight"))
-    restore = crash_after_epoch(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
+    with crashing_after_epoch(monkeypatch, 1):
         launch.train(CONFIG, demo_like(shapes_cls, tmp_path, "resized"))
-    restore()
     run = tmp_path / "resized"
     launch.train(None, ["train.batch_size=32"], resume=str(run))
     lrs = [r["lr"] for r in read_metrics(run)]
@@ -111,10 +93,8 @@ def test_resume_with_another_batch_size_follows_the_lr_of_an_uninterrupted_run(s
 def test_resume_with_a_new_lr_and_weight_decay_uses_them(shapes_cls, tmp_path, monkeypatch):
     """The divergence error's advice (`--resume RUN train.optimizer.lr=...`) must take effect."""
     base = demo_like(shapes_cls, tmp_path, "lr", **{"train.scheduler.name": "constant", "train.scheduler.warmup_epochs": 0})
-    restore = crash_after_epoch(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
+    with crashing_after_epoch(monkeypatch, 1):
         launch.train(CONFIG, base)
-    restore()
     run = tmp_path / "lr"
     seen = []
     real_step = torch.optim.AdamW.step

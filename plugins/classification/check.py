@@ -13,7 +13,7 @@ def check_data(dataset, split: str) -> SplitCheck:
     return SplitCheck(list(dataset.classes), samples, counts="images", report_empty=False)
 
 
-def _unnormalise(dataset, image) -> "np.ndarray":
+def _unnormalise(dataset, image):
     """The augmented tensor back to pixels: the pipeline's Normalize undone."""
     import numpy as np
 

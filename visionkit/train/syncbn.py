@@ -25,7 +25,6 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 # Devices on which torch's own SyncBatchNorm runs (its forward checks the same list).
