@@ -49,12 +49,17 @@ def test_num_workers_accepts_auto_or_a_count_and_nothing_else():
 
 def test_the_embedded_ray_runs_its_workers_at_normal_priority():
     """Ray's default (nice 15) let any other busy process take most of the CPU from the training;
-    a plain PyTorch script keeps its share, and so must the demo."""
+    a plain PyTorch script keeps its share, and so must the demo. And with stdout not a terminal
+    (a log file, CI), the workers' lines the driver prints carry no colour escape codes."""
     import subprocess
     import sys
 
-    code = ("import os, ray\nfrom visionkit.train.launch import init_ray\ninit_ray(None, 1)\n"
-            "print('nice', ray.get(ray.remote(lambda: os.nice(0)).remote()))\nray.shutdown()\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_worker_niceness", "RAY_ADDRESS")}
+    code = ("import os, time, ray\nfrom visionkit.train.launch import init_ray\ninit_ray(None, 1)\n"
+            "def work():\n    print('[visionkit] a line from a worker', flush=True)\n    return os.nice(0)\n"
+            "print('nice', ray.get(ray.remote(work).remote()))\ntime.sleep(3)\nray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_worker_niceness", "RAY_ADDRESS", "RAY_COLOR_PREFIX")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert f"nice {os.nice(0)}" in out.stdout, out.stdout + out.stderr[-2000:]
+    line = next(line for line in out.stdout.splitlines() if "a line from a worker" in line)
+    assert "\x1b" not in line and line.endswith(") [visionkit] a line from a worker"), repr(line)

@@ -92,6 +92,10 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None, dashboard: 
 
     if ray.is_initialized():
         return
+    # The workers' lines come through this driver with a "(RayTrainWorker pid=...)" prefix in
+    # colour; in a log file, CI or `ray job logs` the colour is escape codes: plain text there.
+    if not _terminal():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
